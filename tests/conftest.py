@@ -1,0 +1,34 @@
+"""Test setup: 8 fake CPU devices (set before JAX starts) and the shared real data."""
+
+import os
+import pathlib
+
+import jax
+
+# Must run before any JAX computation initializes the CPU backend.
+jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> pathlib.Path:
+  """../shared/data beside the checkout, or $ZEL_SHARED_DATA."""
+  return pathlib.Path(os.environ.get("ZEL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data():
+  """The shared real data; skips (naming what is missing) where a clone has none."""
+  path = shared_data_dir()
+  if not (path / "zeshel_excerpt").is_dir():
+    pytest.skip(f"real data missing: {path / 'zeshel_excerpt'} (set ZEL_SHARED_DATA)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+  """The real all-MiniLM-L6-v2 weights, installed by the project's setup (see README)."""
+  from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
+  return bert.resolve_pretrained("all-MiniLM-L6-v2")

@@ -1,0 +1,165 @@
+"""Orbax checkpoints behind a small wrapper: async saves, keep N, save on preemption, restore
+into abstract state with shardings, and the resume order every trainer follows.
+
+A checkpoint holds named items: pytrees of arrays (e.g. "params", "opt_state") saved with
+Orbax's StandardSave, plus "meta", a JSON dict (step, data-pipeline position, ...). Keeping
+"params" an item of its own lets `config.init_from` take another run's parameters without
+its optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+from typing import Any, Callable, Mapping
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+META = "meta"
+
+
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+  """ShapeDtypeStructs (with shardings, when given or when the leaves are jax Arrays)."""
+  if shardings is None:
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpointer:
+  """Saves and restores named items under `directory` (one sub-folder per step).
+
+  save_every: steps between saves (save(force=True) ignores it); keep: how many to keep.
+  """
+
+  def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, save_every), max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._preempted = threading.Event()
+    self._previous_handler = None
+
+  # -- saving -----------------------------------------------------------------------------
+
+  def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+           *, force: bool = False) -> bool:
+    """Starts saving (asynchronously); returns whether a save was started at this step."""
+    if META in items:
+      raise ValueError(f"item name {META!r} is reserved for the JSON metadata")
+    args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+    args[META] = ocp.args.JsonSave(dict(meta or {}, step=int(step)))
+    return self._manager.save(int(step), args=ocp.args.Composite(**args), force=force)
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self._manager.close()
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+
+  # -- restoring --------------------------------------------------------------------------
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def restore(self, abstract_items: Mapping[str, Any], step: int | None = None
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restores the named items (a subset of what was saved is fine) into the shapes, dtypes
+    and shardings of `abstract_items` (trees of jax.ShapeDtypeStruct). Returns (items, meta).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+    args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
+    args[META] = ocp.args.JsonRestore()
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(**args))
+    items = {name: restored[name] for name in abstract_items}
+    return items, dict(restored[META])
+
+  # -- preemption -------------------------------------------------------------------------
+
+  def install_preemption_handler(self) -> None:
+    """On SIGTERM (what TPU VMs, SLURM and Kubernetes send before taking a machine) mark the
+    run preempted; the train loop then saves and exits at the next step boundary."""
+    if threading.current_thread() is not threading.main_thread():
+      return  # Signal handlers can only be set from the main thread (e.g. not under Colab).
+
+    def handler(signum, frame):
+      del signum, frame
+      logging.warning("SIGTERM received: saving a checkpoint at the next step and stopping")
+      self._preempted.set()
+
+    self._previous_handler = signal.signal(signal.SIGTERM, handler)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether to save and stop now. With several processes all of them must agree on the
+    step, so JAX's preemption sync point is used (it is the one that catches SIGTERM there)."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return multihost_utils.reached_preemption_sync_point(step) or self._preempted.is_set()
+      except RuntimeError:  # No preemption sync manager (distributed init without it).
+        pass
+    return self._preempted.is_set()
+
+
+@dataclasses.dataclass
+class Restored:
+  items: dict[str, Any]
+  meta: dict[str, Any]
+  source: str  # "workdir", "init_from", "pretrained" or "random"
+
+
+def restore_or_initialize(
+    checkpointer: Checkpointer,
+    abstract_items: Mapping[str, Any],
+    initialize: Callable[[], dict[str, Any]],
+    *,
+    init_from: str | None = None,
+    load_pretrained: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Restored:
+  """The resume order: this run's own latest checkpoint, else `init_from` (another run's
+  workdir or checkpoint folder: its "params" only, fresh optimizer), else pretrained weights,
+  else random.
+
+  initialize() builds all items from scratch (sharded, e.g. with sharding.sharded_init);
+  load_pretrained(items) returns items with pretrained weights put into the params.
+  """
+  if checkpointer.latest_step() is not None:
+    items, meta = checkpointer.restore(abstract_items)
+    logging.info("resuming from %s step %d", checkpointer.directory, meta["step"])
+    return Restored(items, meta, "workdir")
+  items = initialize()
+  if init_from:
+    directory = init_from
+    if os.path.isdir(os.path.join(init_from, "checkpoints")):
+      directory = os.path.join(init_from, "checkpoints")
+    source = Checkpointer(directory, async_save=False)
+    try:
+      if source.latest_step() is None:
+        raise FileNotFoundError(f"config.init_from={init_from!r}: no checkpoint there")
+      params, meta = source.restore({"params": abstract_items["params"]})
+    finally:
+      source.close()
+    items = dict(items, params=params["params"])
+    logging.info("initialized params from %s step %d", directory, meta["step"])
+    return Restored(items, {"step": 0}, "init_from")
+  if load_pretrained is not None:
+    return Restored(load_pretrained(items), {"step": 0}, "pretrained")
+  return Restored(items, {"step": 0}, "random")

