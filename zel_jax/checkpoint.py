@@ -22,14 +22,23 @@ import orbax.checkpoint as ocp
 META = "meta"
 
 
-def abstract_like(tree: Any, shardings: Any = None) -> Any:
-  """ShapeDtypeStructs (with shardings, when given or when the leaves are jax Arrays)."""
+def abstract_like(tree: Any, shardings: Any = None, mesh: Any = None) -> Any:
+  """ShapeDtypeStructs to restore into: with `shardings` when given, else each leaf's own.
+
+  With `mesh`, leaves not already placed on it (e.g. an optimizer's step counter, created
+  on one device) restore replicated over it, so they mix with mesh-sharded arrays in jit.
+  """
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+
+  def one(x, s=None):
+    s = s if s is not None else getattr(x, "sharding", None)
+    if mesh is not None and not (isinstance(s, NamedSharding) and s.mesh == mesh):
+      s = NamedSharding(mesh, PartitionSpec())
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
   if shardings is None:
-    return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        tree)
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    return jax.tree_util.tree_map(one, tree)
+  return jax.tree_util.tree_map(one, tree, shardings)
 
 
 class Checkpointer:
@@ -39,14 +48,18 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.save_every = max(1, int(save_every))
+    # The interval is decided here (steps that are multiples of save_every), not by Orbax,
+    # whose policy would also save the first step of every run.
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, save_every), max_to_keep=keep,
-        enable_async_checkpointing=async_save, create=True)
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._preempted = threading.Event()
     self._previous_handler = None
+    self._last_saved = self._manager.latest_step()
 
   # -- saving -----------------------------------------------------------------------------
 
@@ -55,9 +68,16 @@ class Checkpointer:
     """Starts saving (asynchronously); returns whether a save was started at this step."""
     if META in items:
       raise ValueError(f"item name {META!r} is reserved for the JSON metadata")
+    if step == self._last_saved:
+      return False  # Already saved (e.g. a preemption save right after a periodic one).
+    if not force and step % self.save_every:
+      return False
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     args[META] = ocp.args.JsonSave(dict(meta or {}, step=int(step)))
-    return self._manager.save(int(step), args=ocp.args.Composite(**args), force=force)
+    started = self._manager.save(int(step), args=ocp.args.Composite(**args), force=True)
+    if started:
+      self._last_saved = step
+    return started
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -150,7 +170,9 @@ def restore_or_initialize(
     directory = init_from
     if os.path.isdir(os.path.join(init_from, "checkpoints")):
       directory = os.path.join(init_from, "checkpoints")
-    source = Checkpointer(directory, async_save=False)
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"config.init_from={init_from!r}: no checkpoint there")
+    source = Checkpointer(directory, async_save=False, read_only=True)
     try:
       if source.latest_step() is None:
         raise FileNotFoundError(f"config.init_from={init_from!r}: no checkpoint there")
