@@ -351,7 +351,7 @@ def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
     for raw in f.keys():
       name = _canonical_name(raw)
       if name in table:
-        if name in {_canonical_name(r) for r in sources.values()}:
+        if table[name][0] in sources:
           raise ValueError(f"{weights_file}: tensor {raw!r} appears twice (with and without "
                            "the 'bert.' prefix)")
         sources[table[name][0]] = raw

@@ -1,0 +1,592 @@
+"""dictd databases (FOLDOC, WordNet, FreeDict, ...) and FOLDOC as a ZESHEL-layout world.
+
+A dictd database is `NAME.index` + `NAME.dict.dz` (or a plain `NAME.dict`). Each index line is
+`headword<TAB>offset<TAB>length[<TAB>original headword]`, the numbers written in dictd's
+base64 (digits `A-Za-z0-9+/`, most significant first). `.dict.dz` is dictzip: gzip whose
+header carries an `RA` extra field listing the compressed size of each fixed-size chunk; each
+chunk ends on a full flush, so one definition is read by inflating only the chunks it spans.
+A `.dz` without that field is read as plain gzip, decompressed once.
+
+    python -m zel_jax.data.dictd --dictd /usr/share/dictd --name foldoc --out data/foldoc
+
+writes a ZESHEL world (see `build_world`): every entry a document, every `{cross-reference}`
+inside an entry a mention labelled with the entry it names, split train/val/test by context
+document, counts on the last stdout line and in OUT/stats.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import re
+import struct
+import sys
+import zlib
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from zel_jax.data import zeshel
+
+DICTD_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {c: i for i, c in enumerate(DICTD_BASE64)}
+# dictfmt writes its metadata as entries; older versions drop the hyphens (no --allchars).
+_METADATA_PREFIXES = ("00-database-", "00database")
+
+
+class DictdFormatError(ValueError):
+  """A dictd file that breaks the format; the message names the file (and line)."""
+
+
+def decode_base64_number(text: str) -> int:
+  """A dictd index number: base64 digits, most significant first ("B" is 1, "BA" is 64)."""
+  if not text:
+    raise ValueError("empty dictd number")
+  value = 0
+  for char in text:
+    digit = _B64_VALUE.get(char)
+    if digit is None:
+      raise ValueError(f"{char!r} is not a dictd base64 digit in {text!r}")
+    value = value * 64 + digit
+  return value
+
+
+def is_metadata(headword: str) -> bool:
+  return headword.startswith(_METADATA_PREFIXES)
+
+
+# -- the .dict / .dict.dz payload ------------------------------------------------------------
+
+
+class _Payload:
+  """Random access to the uncompressed bytes of a .dict or .dict.dz file."""
+
+  def __init__(self, path: pathlib.Path, cache_chunks: int = 16):
+    self.path = path
+    self._file = open(path, "rb")
+    self._chunk_len = 0
+    self._chunk_starts: list[int] = []
+    self._whole: bytes | None = None
+    self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+    self._cache_chunks = cache_chunks
+    if path.suffix == ".dz":
+      self._read_gzip_header()
+
+  def _read_gzip_header(self) -> None:
+    head = self._file.read(10)
+    if len(head) < 10 or head[:2] != b"\x1f\x8b":
+      raise DictdFormatError(f"{self.path}: not a gzip/dictzip file")
+    flags = head[3]
+    chunk_sizes: list[int] | None = None
+    if flags & 4:  # FEXTRA
+      (xlen,) = struct.unpack("<H", self._file.read(2))
+      extra = self._file.read(xlen)
+      pos = 0
+      while pos + 4 <= len(extra):
+        tag, (size,) = extra[pos:pos + 2], struct.unpack("<H", extra[pos + 2:pos + 4])
+        field = extra[pos + 4:pos + 4 + size]
+        if tag == b"RA":
+          version, chunk_len, count = struct.unpack("<HHH", field[:6])
+          if version != 1 or len(field) < 6 + 2 * count:
+            raise DictdFormatError(f"{self.path}: dictzip RA field version {version} with "
+                                   f"{count} chunks does not fit its {size} bytes")
+          self._chunk_len = chunk_len
+          chunk_sizes = list(struct.unpack(f"<{count}H", field[6:6 + 2 * count]))
+        pos += 4 + size
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+      if flags & flag:
+        while self._file.read(1) not in (b"\x00", b""):
+          pass
+    if flags & 2:  # FHCRC
+      self._file.read(2)
+    if chunk_sizes is None:
+      # Plain gzip: no random access, so inflate once and keep it.
+      self._file.close()
+      with gzip.open(self.path, "rb") as f:
+        self._whole = f.read()
+      return
+    start = self._file.tell()
+    for size in chunk_sizes:
+      self._chunk_starts.append(start)
+      start += size
+    self._chunk_starts.append(start)
+
+  def _chunk(self, i: int) -> bytes:
+    data = self._cache.get(i)
+    if data is not None:
+      self._cache.move_to_end(i)
+      return data
+    self._file.seek(self._chunk_starts[i])
+    compressed = self._file.read(self._chunk_starts[i + 1] - self._chunk_starts[i])
+    try:
+      data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(compressed)
+    except zlib.error as e:
+      raise DictdFormatError(f"{self.path}: dictzip chunk {i} does not inflate: {e}") from e
+    if len(data) != self._chunk_len and i + 1 < len(self._chunk_starts) - 1:
+      raise DictdFormatError(f"{self.path}: dictzip chunk {i} inflates to {len(data)} bytes, "
+                             f"not the chunk length {self._chunk_len}")
+    self._cache[i] = data
+    if len(self._cache) > self._cache_chunks:
+      self._cache.popitem(last=False)
+    return data
+
+  def read(self, offset: int, length: int) -> bytes:
+    if length <= 0:
+      return b""
+    if self._whole is not None:
+      data = self._whole[offset:offset + length]
+    elif self._chunk_len:
+      first, last = offset // self._chunk_len, (offset + length - 1) // self._chunk_len
+      if last >= len(self._chunk_starts) - 1:
+        raise DictdFormatError(f"{self.path}: bytes [{offset}, {offset + length}) lie past "
+                               f"the {len(self._chunk_starts) - 1} chunks of the file")
+      data = b"".join(self._chunk(i) for i in range(first, last + 1))
+      skip = offset - first * self._chunk_len
+      data = data[skip:skip + length]
+    else:
+      self._file.seek(offset)
+      data = self._file.read(length)
+    if len(data) != length:
+      raise DictdFormatError(f"{self.path}: bytes [{offset}, {offset + length}) lie past the "
+                             f"end of the data")
+    return data
+
+  def close(self) -> None:
+    self._file.close()
+    self._cache.clear()
+
+
+# -- the database ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexEntry:
+  headword: str
+  offset: int
+  length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DictdEntry:
+  """One stored definition and every headword of the index that points at it."""
+  headwords: tuple[str, ...]
+  offset: int
+  length: int
+  text: str
+
+
+def _decode(data: bytes) -> str:
+  # dictd predates UTF-8 everywhere; old databases are Latin-1.
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError:
+    return data.decode("latin-1")
+
+
+def lookup_key(headword: str) -> str:
+  """dictd looks headwords up case-insensitively, whitespace collapsed."""
+  return " ".join(headword.split()).casefold()
+
+
+class DictdDatabase:
+  """A dictd database: iterate (headword, definition), look headwords up, list entries.
+
+    with DictdDatabase.open("/usr/share/dictd", "wn") as wn:
+      wn.lookup("person")        # ["person\\n    n 1: a human being; ..."]
+      for headword, definition in wn: ...
+
+  Definitions are returned as stored, their own headword lines included. The `00-database-*`
+  metadata entries are not headwords; read them with `metadata("short")`.
+  """
+
+  def __init__(self, index_path: os.PathLike | str, dict_path: os.PathLike | str):
+    self.index_path = pathlib.Path(index_path)
+    self.dict_path = pathlib.Path(dict_path)
+    self.index: list[IndexEntry] = []
+    self._metadata: dict[str, IndexEntry] = {}
+    with open(self.index_path, "rb") as f:
+      for number, raw in enumerate(f, start=1):
+        line = _decode(raw).rstrip("\r\n")
+        if not line.strip():
+          continue
+        fields = line.split("\t")
+        if len(fields) not in (3, 4):
+          raise DictdFormatError(f"{self.index_path}:{number}: expected headword<TAB>offset"
+                                 f"<TAB>length, got {len(fields)} field(s): {line!r:.80}")
+        try:
+          offset, length = decode_base64_number(fields[1]), decode_base64_number(fields[2])
+        except ValueError as e:
+          raise DictdFormatError(f"{self.index_path}:{number}: {e}") from e
+        # A 4th column (dictfmt --index-keep-orig) is the headword as written.
+        headword = fields[3] if len(fields) == 4 and fields[3] else fields[0]
+        entry = IndexEntry(headword, offset, length)
+        if is_metadata(fields[0]):
+          name = fields[0].removeprefix("00-database-").removeprefix("00database")
+          self._metadata[name] = entry
+        else:
+          self.index.append(entry)
+    self._by_key: dict[str, list[IndexEntry]] = collections.defaultdict(list)
+    for entry in self.index:
+      self._by_key[lookup_key(entry.headword)].append(entry)
+    self._payload = _Payload(self.dict_path)
+
+  @classmethod
+  def open(cls, directory: os.PathLike | str, name: str) -> "DictdDatabase":
+    """NAME.index with NAME.dict.dz, or NAME.dict when there is no .dz, in `directory`."""
+    directory = pathlib.Path(directory)
+    index = directory / f"{name}.index"
+    if not index.is_file():
+      raise FileNotFoundError(f"no dictd index {index}")
+    for candidate in (directory / f"{name}.dict.dz", directory / f"{name}.dict"):
+      if candidate.is_file():
+        return cls(index, candidate)
+    raise FileNotFoundError(f"no {name}.dict.dz or {name}.dict beside {index}")
+
+  def read(self, offset: int, length: int) -> str:
+    return _decode(self._payload.read(offset, length))
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __iter__(self) -> Iterator[tuple[str, str]]:
+    """(headword, definition) for every index line, in index order."""
+    for entry in self.index:
+      yield entry.headword, self.read(entry.offset, entry.length)
+
+  def headwords(self) -> list[str]:
+    return [entry.headword for entry in self.index]
+
+  def lookup(self, headword: str) -> list[str]:
+    """Every definition filed under `headword` (case-insensitive), in index order."""
+    return [self.read(e.offset, e.length) for e in self._by_key.get(lookup_key(headword), [])]
+
+  def __contains__(self, headword: str) -> bool:
+    return lookup_key(headword) in self._by_key
+
+  def entries(self) -> Iterator[DictdEntry]:
+    """Each stored definition once, in file order, with all the headwords that share it."""
+    grouped: dict[tuple[int, int], list[str]] = {}
+    for entry in self.index:
+      grouped.setdefault((entry.offset, entry.length), []).append(entry.headword)
+    for (offset, length), headwords in sorted(grouped.items()):
+      yield DictdEntry(tuple(headwords), offset, length, self.read(offset, length))
+
+  def metadata(self, name: str) -> str | None:
+    """A `00-database-NAME` entry ("short", "info", "url", ...) without its first line."""
+    entry = self._metadata.get(name)
+    if entry is None:
+      return None
+    text = self.read(entry.offset, entry.length)
+    return text.split("\n", 1)[1].strip() if "\n" in text else ""
+
+  def close(self) -> None:
+    self._payload.close()
+
+  def __enter__(self) -> "DictdDatabase":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def split_header(text: str) -> tuple[list[str], str]:
+  """(headword lines, body) of a definition as dictfmt stores it.
+
+  The headword lines come first at column 0 (FOLDOC: the title then its aliases; WordNet:
+  the word); the body follows, indented, after a blank line or directly.
+  """
+  lines = text.split("\n")
+  header: list[str] = []
+  for line in lines:
+    if not line.strip() or line[0].isspace():
+      break
+    header.append(line.strip())
+  return header, "\n".join(lines[len(header):])
+
+
+# -- FOLDOC as a ZESHEL world ----------------------------------------------------------------
+
+# A cross-reference: braces around text that starts with a visible character and does not
+# cross a blank line. Code samples and set notation ("{ x | x in S }") start with a space;
+# a stray "{" is left alone because the content may not hold another brace.
+_REFERENCE = re.compile(r"\{(?![\s{}])((?:(?!\n[ \t]*\n)[^{}])*)\}")
+# "{shown text (target)}": the text is displayed, the target is an entry name or a URL.
+_RETARGETED = re.compile(r"(.*?)\s*\(([^()]*)\)")
+_URL = re.compile(r"[A-Za-z][\w+.-]*:\S*|/\S*|\S*\.html?|.*://.*")
+
+SPLITS = (("train", 80), ("val", 10), ("test", 10))
+
+
+def split_of(document_id: str) -> str:
+  """train/val/test (80/10/10) from a stable hash of the context document id."""
+  bucket = int(hashlib.sha256(document_id.encode("utf-8")).hexdigest()[:8], 16) % 100
+  for name, share in SPLITS:
+    if bucket < share:
+      return name
+    bucket -= share
+  raise AssertionError("split shares must sum to 100")
+
+
+def _hex_id(*parts: str) -> str:
+  # ZESHEL ids are 16 upper-case hex digits.
+  return hashlib.sha1("\x00".join(parts).encode("utf-8")).hexdigest()[:16].upper()
+
+
+def _key(text: str) -> str:
+  return " ".join(zeshel.tokenize(text)).casefold()
+
+
+def _squashed(text: str) -> str:
+  # "lambda-calculus", "lambda calculus" and "lambdacalculus" name one thing.
+  return "".join(t for t in zeshel.tokenize(text) if t not in ("-", "_")).casefold()
+
+
+def _number_variants(key: str) -> list[str]:
+  """Keys that differ from `key` by an English plural (-s, -es, -ies), both directions."""
+  variants = []
+  if key.endswith("ies"):
+    variants.append(key[:-3] + "y")
+  if key.endswith("es"):
+    variants.append(key[:-2])
+  if key.endswith("s"):
+    variants.append(key[:-1])
+  if key.endswith("y"):
+    variants.append(key[:-1] + "ies")
+  variants += [key + "s", key + "es"]
+  return variants
+
+
+@dataclasses.dataclass
+class _Document:
+  document_id: str
+  title: str
+  names: tuple[str, ...]  # title, aliases and index headwords, as written
+  text: str  # filled once every name is known (references are read against the names)
+  references: list[tuple[int, int, str]]  # (first token, last token, target)
+
+
+class _Resolver:
+  """Entry names -> entry, trying case, then plural, then whitespace/hyphen variants."""
+
+  def __init__(self, documents: Sequence[_Document]):
+    self._documents = documents
+    self._by_key: dict[str, list[int]] = collections.defaultdict(list)
+    self._by_squashed: dict[str, list[int]] = collections.defaultdict(list)
+    for i, document in enumerate(documents):
+      for name in document.names:
+        for table, key in ((self._by_key, _key(name)), (self._by_squashed, _squashed(name))):
+          if key and i not in table[key]:
+            table[key].append(i)
+
+  def _pick(self, candidates: list[int], key: str, keyer) -> int:
+    # Several entries share the name (FOLDOC files some words twice): prefer the one whose
+    # title is that name, then the first in the file.
+    for i in candidates:
+      if keyer(self._documents[i].title) == key:
+        return i
+    return candidates[0]
+
+  def is_name(self, text: str) -> bool:
+    return _key(text) in self._by_key
+
+  def resolve(self, target: str) -> tuple[int, str, bool] | None:
+    """(document index, how, ambiguous) for a reference target; None when nothing fits."""
+    key, squashed = _key(target), _squashed(target)
+    stages = (
+        ("case", self._by_key, [key], _key),
+        ("plural", self._by_key, _number_variants(key), _key),
+        ("whitespace", self._by_squashed, [squashed] + _number_variants(squashed), _squashed),
+    )
+    for how, table, keys, keyer in stages:
+      for k in keys:
+        candidates = table.get(k) if k else None
+        if candidates:
+          i = self._pick(candidates, k, keyer)
+          if how == "case" and " ".join(target.split()) in self._documents[i].names:
+            how = "exact"
+          return i, how, len(candidates) > 1
+    return None
+
+
+def _render(header: Sequence[str], body: str, is_name: Callable[[str], bool]
+            ) -> tuple[list[str], list[tuple[int, int, str]], collections.Counter]:
+  """Tokens of an entry (headword lines, then body without reference braces) and its refs.
+
+  Each piece between references is tokenized on its own, so a reference's words are always
+  whole tokens even where punctuation touches the braces ("{interpreter}'s").
+  """
+  counts: collections.Counter = collections.Counter()
+  tokens = zeshel.tokenize(" ".join(header))
+  references = []
+  position = 0
+  for match in _REFERENCE.finditer(body):
+    tokens += zeshel.tokenize(body[position:match.start()])
+    position = match.end()
+    content = " ".join(match.group(1).split())
+    shown = target = content
+    # A content that is itself an entry name ("{/dev/null}", "{(c)}") is taken literally;
+    # otherwise "{shown (target)}" shows its text and links to its target.
+    external = False
+    if not is_name(content):
+      retargeted = _RETARGETED.fullmatch(content)
+      if retargeted:
+        shown, target = retargeted.group(1) or retargeted.group(2), retargeted.group(2)
+      external = bool(_URL.fullmatch(target))
+    words = zeshel.tokenize(shown)
+    counts["references"] += 1
+    if external:
+      counts["external_references"] += 1
+    elif words:
+      references.append((len(tokens), len(tokens) + len(words) - 1, target))
+    tokens += words
+  tokens += zeshel.tokenize(body[position:])
+  return tokens, references, counts
+
+
+def convert(database: DictdDatabase, world: str) -> tuple[list[zeshel.Entity],
+                                                          dict[str, list[zeshel.Mention]],
+                                                          dict[str, Any]]:
+  """Entities, mentions per split and counts for a dictd database read as one world."""
+  documents: list[_Document] = []
+  bodies: list[tuple[list[str], str]] = []
+  used_ids: set[str] = set()
+  for entry in database.entries():
+    header, body = split_header(entry.text)
+    title = header[0] if header else entry.headwords[0]
+    document_id, k = _hex_id(world, title), 1
+    while document_id in used_ids:  # the same title filed twice stays two documents
+      k += 1
+      document_id = _hex_id(world, title, str(k))
+    used_ids.add(document_id)
+    names = tuple(dict.fromkeys([title, *header, *entry.headwords]))
+    documents.append(_Document(document_id, " ".join(zeshel.tokenize(title)), names, "", []))
+    bodies.append((header, body))
+  resolver = _Resolver(documents)
+
+  counts: collections.Counter = collections.Counter()
+  for document, (header, body) in zip(documents, bodies):
+    tokens, document.references, ref_counts = _render(header, body, resolver.is_name)
+    document.text = " ".join(tokens)
+    counts.update(ref_counts)
+
+  mentions: dict[str, list[zeshel.Mention]] = {name: [] for name, _ in SPLITS}
+  unresolved: collections.Counter = collections.Counter()
+  resolved_by: collections.Counter = collections.Counter()
+  categories: collections.Counter = collections.Counter()
+  context_documents: collections.Counter = collections.Counter()
+  for i, document in enumerate(documents):
+    split = split_of(document.document_id)
+    tokens = document.text.split(" ")
+    has_mention = False
+    for start, end, target in document.references:
+      found = resolver.resolve(target)
+      if found is None:
+        unresolved[target] += 1
+        continue
+      label, how, ambiguous = found
+      if label == i:
+        # A link from an entry to itself teaches nothing: the context is the description.
+        counts["self_references_dropped"] += 1
+        continue
+      counts["ambiguous_resolved"] += ambiguous
+      resolved_by[how] += 1
+      shown = " ".join(tokens[start:end + 1])
+      category = zeshel.category_of(shown, documents[label].title)
+      categories[category] += 1
+      mentions[split].append(zeshel.Mention(
+          mention_id=_hex_id(world, document.document_id, str(start), str(end)),
+          context_document_id=document.document_id,
+          label_document_id=documents[label].document_id,
+          start_index=start, end_index=end, text=shown, corpus=world, category=category))
+      has_mention = True
+    context_documents[split] += has_mention
+
+  entities = [zeshel.Entity(d.document_id, d.title, d.text, world) for d in documents]
+  total = sum(len(v) for v in mentions.values())
+  stats = {
+      "world": world,
+      "source": str(database.dict_path),
+      "entities": len(entities),
+      "mentions": {name: len(mentions[name]) for name, _ in SPLITS},
+      "mentions_total": total,
+      "context_documents": {name: context_documents[name] for name, _ in SPLITS},
+      "references": counts["references"],
+      "external_references": counts["external_references"],
+      "unresolved_dropped": sum(unresolved.values()),
+      "self_references_dropped": counts["self_references_dropped"],
+      "ambiguous_resolved": counts["ambiguous_resolved"],
+      "resolved_by": {how: resolved_by[how] for how in ("exact", "case", "plural",
+                                                        "whitespace")},
+      "categories": {c: categories[c] for c in zeshel.CATEGORIES},
+      "category_share": {c: round(categories[c] / total, 4) if total else 0.0
+                         for c in zeshel.CATEGORIES},
+      "top_unresolved": [[target, n] for target, n in unresolved.most_common(20)],
+  }
+  return entities, mentions, stats
+
+
+def _json_line(record: dict[str, Any]) -> str:
+  return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_world(out_dir: os.PathLike | str, world: str, entities: Iterable[zeshel.Entity],
+                mentions: dict[str, list[zeshel.Mention]], stats: dict[str, Any]) -> None:
+  """Writes the world's files: every file goes to a temporary name first, and only when all
+  are complete are they renamed into place, so a failure leaves earlier outputs intact."""
+  out = pathlib.Path(out_dir)
+  contents: dict[pathlib.Path, Iterable[str]] = {
+      out / "documents" / f"{world}.json": (
+          _json_line({"document_id": e.document_id, "title": e.title, "text": e.text})
+          for e in entities),
+  }
+  for split, records in mentions.items():
+    contents[out / "mentions" / f"{split}.json"] = (
+        _json_line(dataclasses.asdict(m)) for m in records)
+  contents[out / "stats.json"] = [json.dumps(stats, indent=2, ensure_ascii=False) + "\n"]
+  written: list[tuple[pathlib.Path, pathlib.Path]] = []
+  try:
+    for path, lines in contents.items():
+      path.parent.mkdir(parents=True, exist_ok=True)
+      temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+      written.append((temporary, path))
+      with open(temporary, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    for temporary, path in written:
+      os.replace(temporary, path)
+  finally:
+    for temporary, _ in written:
+      temporary.unlink(missing_ok=True)
+
+
+def build_world(dictd_dir: os.PathLike | str, name: str, out_dir: os.PathLike | str,
+                world: str | None = None) -> dict[str, Any]:
+  """Reads DIR/NAME.index + NAME.dict(.dz) and writes OUT in ZESHEL layout; returns counts."""
+  world = world or name
+  with DictdDatabase.open(dictd_dir, name) as database:
+    entities, mentions, stats = convert(database, world)
+  write_world(out_dir, world, entities, mentions, stats)
+  return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m zel_jax.data.dictd",
+      description="Build a ZESHEL-layout world from a dictd database (e.g. FOLDOC).")
+  parser.add_argument("--dictd", required=True, help="folder with NAME.index, NAME.dict.dz")
+  parser.add_argument("--name", required=True, help="database name, e.g. foldoc")
+  parser.add_argument("--out", required=True, help="output folder (ZESHEL layout)")
+  parser.add_argument("--world", default=None, help="world name (default: --name)")
+  args = parser.parse_args(argv)
+  stats = build_world(args.dictd, args.name, args.out, args.world)
+  print(json.dumps(stats, ensure_ascii=False))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
