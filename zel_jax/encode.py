@@ -21,16 +21,7 @@ from ml_collections import config_flags
 
 from zel_jax import sharding
 from zel_jax.models import bert
-
-
-def pool(hidden: jax.Array, mask: jax.Array, how: str) -> jax.Array:
-  """[batch, length, hidden] -> [batch, hidden]: the [CLS] state or the mean over tokens."""
-  if how == "cls":
-    return hidden[:, 0]
-  if how == "mean":
-    m = mask[..., None].astype(hidden.dtype)
-    return (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1)
-  raise ValueError(f"pooling {how!r} is not 'cls' or 'mean'")
+from zel_jax.models.biencoder import pool
 
 
 def load_encoder(config, mesh):
