@@ -2,11 +2,17 @@
 
 import os
 import pathlib
+import tempfile
 
 import jax
 
 # Must run before any JAX computation initializes the CPU backend.
 jax.config.update("jax_num_cpu_devices", 8)
+# Several tests compile the same train step (fresh closures, same program): a persistent
+# cache shared by the session turns the repeats into cache hits.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(tempfile.gettempdir(), f"zel_jax_test_cache_{os.getuid()}"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 import pytest  # pylint: disable=g-import-not-at-top
 
@@ -32,3 +38,7 @@ def minilm_path():
   """The real all-MiniLM-L6-v2 weights, installed by the project's setup (see README)."""
   from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
   return bert.resolve_pretrained("all-MiniLM-L6-v2")
+
+# Test helpers (tiny_world.py, checkpoint_worker.py) import as top-level modules.
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-order
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))

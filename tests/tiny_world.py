@@ -1,0 +1,126 @@
+"""A tiny ZESHEL-layout dataset and a tiny BERT checkpoint for trainer, evaluator and linker
+tests: mechanics (sharding, resume, metrics), not accuracy, so a 2-layer, 32-wide encoder with
+the real MiniLM vocabulary and tokenizer is enough and keeps the tests fast."""
+
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from zel_jax.models import bert
+
+TOPICS = ["kernel", "compiler", "parser", "router", "database", "scheduler", "cache", "socket",
+          "thread", "buffer", "linker", "shell", "editor", "network", "protocol", "server"]
+
+
+def write_world(root: pathlib.Path, world: str = "computing", mentions_per_split=(48, 16, 16)
+                ) -> pathlib.Path:
+  """Entities "the X" with one-sentence descriptions; each mention is an entity title inside
+  another entity's description-like context document."""
+  (root / "documents").mkdir(parents=True, exist_ok=True)
+  (root / "mentions").mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  docs = []
+  for i, topic in enumerate(TOPICS):
+    docs.append({"document_id": f"E{i:03d}", "title": topic,
+                 "text": f"{topic} {topic} is a part of a computer system that handles "
+                         f"{topic} work ."})
+  contexts = []
+  for j in range(40):
+    words = rng.choice(TOPICS, size=6).tolist()
+    contexts.append({"document_id": f"C{j:03d}", "title": f"note {j}",
+                     "text": f"note {j} : the {words[0]} uses the {words[1]} and the "
+                             f"{words[2]} with {words[3]} {words[4]} {words[5]} ."})
+  with open(root / "documents" / f"{world}.json", "w") as f:
+    for doc in docs + contexts:
+      f.write(json.dumps(doc) + "\n")
+  title_row = {d["title"]: d["document_id"] for d in docs}
+  count = 0
+  for split, n in zip(("train", "val", "test"), mentions_per_split):
+    with open(root / "mentions" / f"{split}.json", "w") as f:
+      for _ in range(n):
+        context = contexts[count % len(contexts)]
+        tokens = context["text"].split()
+        positions = [p for p, t in enumerate(tokens) if t in title_row]
+        p = positions[count % len(positions)]
+        f.write(json.dumps({
+            "mention_id": f"M{count:04d}", "context_document_id": context["document_id"],
+            "label_document_id": title_row[tokens[p]], "start_index": p, "end_index": p,
+            "text": tokens[p], "corpus": world, "category": "HIGH_OVERLAP"}) + "\n")
+        count += 1
+  return root
+
+
+def write_tiny_bert(directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
+  """A randomly initialized 2-layer BERT in Hugging Face layout, with MiniLM's tokenizer."""
+  directory.mkdir(parents=True, exist_ok=True)
+  source = bert.resolve_pretrained("all-MiniLM-L6-v2")
+  for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json"):
+    if os.path.exists(os.path.join(source, name)):
+      shutil.copy(os.path.join(source, name), directory / name)
+  hidden, layers, inter, vocab = 32, 2, 64, 30522
+  config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab,
+            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
+            "intermediate_size": inter, "max_position_embeddings": 128, "type_vocab_size": 2,
+            "hidden_act": "gelu", "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1}
+  (directory / "config.json").write_text(json.dumps(config))
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: (0.02 * rng.standard_normal(shape)).astype(np.float32)
+  tensors = {
+      "embeddings.word_embeddings.weight": normal(vocab, hidden),
+      "embeddings.position_embeddings.weight": normal(128, hidden),
+      "embeddings.token_type_embeddings.weight": normal(2, hidden),
+      "embeddings.LayerNorm.weight": np.ones(hidden, np.float32),
+      "embeddings.LayerNorm.bias": np.zeros(hidden, np.float32),
+  }
+  for i in range(layers):
+    p = f"encoder.layer.{i}."
+    for name in ("query", "key", "value"):
+      tensors[p + f"attention.self.{name}.weight"] = normal(hidden, hidden)
+      tensors[p + f"attention.self.{name}.bias"] = np.zeros(hidden, np.float32)
+    tensors[p + "attention.output.dense.weight"] = normal(hidden, hidden)
+    tensors[p + "attention.output.dense.bias"] = np.zeros(hidden, np.float32)
+    tensors[p + "intermediate.dense.weight"] = normal(inter, hidden)
+    tensors[p + "intermediate.dense.bias"] = np.zeros(inter, np.float32)
+    tensors[p + "output.dense.weight"] = normal(hidden, inter)
+    tensors[p + "output.dense.bias"] = np.zeros(hidden, np.float32)
+    for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+      tensors[p + ln + ".weight"] = np.ones(hidden, np.float32)
+      tensors[p + ln + ".bias"] = np.zeros(hidden, np.float32)
+  save_file(tensors, str(directory / "model.safetensors"))
+  return directory
+
+
+def tiny_config(data_dir, model_dir, **overrides):
+  import configs.blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.get_config("runlocal")
+  config.data.dir = str(data_dir)
+  config.model.pretrained = str(model_dir)
+  # A from-scratch 2-layer encoder learns in a few dozen steps with short inputs and mean
+  # pooling (the mention word then dominates both sides).
+  config.data.mention_length = 12
+  config.data.entity_length = 12
+  config.model.pooling = "mean"
+  config.batch_size = 8
+  config.num_train_steps = 12
+  config.log_every = 2
+  config.checkpoint_every = 4
+  config.optimizer.learning_rate = 3e-3
+  config.model.hidden_dropout = 0.0
+  config.model.attention_dropout = 0.0
+  config.optimizer.warmup_fraction = 0.0
+  config.eval_batch_size = 16
+  config.evals.splits = ()
+  config.mesh = [("data", 4), ("fsdp", 2)]
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

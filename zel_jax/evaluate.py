@@ -1,0 +1,324 @@
+"""Retrieval evaluation: recall@k of the gold entity among each mention's candidates from its
+own world, micro and macro over worlds, per world and per ZESHEL category.
+
+  python -m zel_jax.evaluate --workdir=W --data=DIR --split=test [--store=exact|scann|device]
+      [--world=NAME] [--baseline=bm25|untrained]
+
+writes the top-k candidates of every mention (the cross-encoder's input) to
+W/candidates/<split>[.<world>][.<baseline>].jsonl and prints, as its last stdout line, one JSON
+object: {"recall@1": ..., ..., "macro": {...}, "per_world": {...}, "per_category": {...}}
+(percentages).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zel_jax import sharding
+from zel_jax.data import examples as examples_lib
+from zel_jax.data import zeshel
+from zel_jax.models import biencoder
+
+KS = (1, 2, 4, 8, 16, 32, 50, 64, 100)
+
+
+# ------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def gold_ranks(candidate_rows: np.ndarray, gold_rows: np.ndarray) -> np.ndarray:
+  """0-based rank of each mention's gold among its candidates; K (= not found) if absent."""
+  hit = candidate_rows == gold_rows[:, None]
+  return np.where(hit.any(1), hit.argmax(1), candidate_rows.shape[1])
+
+
+def _recalls(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+  if len(ranks) == 0:
+    return {f"recall@{k}": float("nan") for k in ks}
+  return {f"recall@{k}": round(100.0 * float(np.mean(ranks < k)), 4) for k in ks}
+
+
+def recall_report(ranks: np.ndarray, worlds: Sequence[str], categories: Sequence[str | None],
+                  ks: Sequence[int] = KS) -> dict[str, Any]:
+  """Micro recall@k over all mentions, macro (the mean over worlds of each world's recall),
+  per world and per category; percentages. k above the number of candidates retrieved is
+  still reported: a gold outside the top-K is outside every top-k with k >= K."""
+  ranks = np.asarray(ranks)
+  worlds = np.asarray(worlds)
+  categories = np.asarray([c or "NONE" for c in categories])
+  report: dict[str, Any] = {**_recalls(ranks, ks), "mentions": int(len(ranks))}
+  per_world = {str(w): {**_recalls(ranks[worlds == w], ks),
+                        "mentions": int((worlds == w).sum())} for w in sorted(set(worlds))}
+  report["macro"] = {key: round(float(np.mean([v[key] for v in per_world.values()])), 4)
+                     for key in _recalls(ranks[:1], ks)} if per_world else {}
+  report["per_world"] = per_world
+  report["per_category"] = {str(c): {**_recalls(ranks[categories == c], ks),
+                                     "mentions": int((categories == c).sum())}
+                            for c in sorted(set(categories))}
+  return report
+
+
+# ------------------------------------------------------------------------------------------
+# Encoding on the mesh.
+
+
+def embed_rows(encode: Callable, params: Any, feats: dict[str, np.ndarray], mesh,
+               batch_size: int, batch_axes=("data", "fsdp"), bucket: int = 16,
+               desc: str = "") -> np.ndarray:
+  """Embeds every row of feats (input_ids, attention_mask) in global batches on the mesh.
+
+  Rows are sorted by length and each batch is cut to its longest row rounded up to
+  `bucket` tokens, so padding is not computed and only L / bucket shapes ever compile.
+  encode(params, ids, mask) -> [B, D] must be jitted. Returns [N, D] float32 in row order.
+  """
+  ids, mask = feats["input_ids"], feats["attention_mask"]
+  n, length = ids.shape
+  shards = int(np.prod([mesh.shape[a] for a in batch_axes if a in mesh.shape]))
+  per_process = jax.process_count()
+  unit = int(np.lcm(shards, per_process))
+  batch_size = max(unit, -(-batch_size // unit) * unit)
+  local = batch_size // per_process
+  first = jax.process_index() * local
+  lengths = mask.sum(1)
+  order = np.argsort(-lengths, kind="stable")  # Longest first: the first compile is the max.
+  out = None
+  bar = None
+  if jax.process_index() == 0 and n > 20 * batch_size:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=n, desc=desc or "embed", unit="row", mininterval=2.0, leave=False)
+  for start in range(0, n, batch_size):
+    rows = order[start:start + batch_size]
+    width = int(min(length, max(bucket, -(-int(lengths[rows].max()) // bucket) * bucket)))
+    take = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
+    local_rows = take[first:first + local]
+    batch = sharding.global_batch({"ids": ids[local_rows, :width],
+                                   "mask": mask[local_rows, :width]}, mesh, batch_axes)
+    emb = encode(params, batch["ids"], batch["mask"])
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      emb = multihost_utils.process_allgather(emb, tiled=True)
+    emb = np.asarray(emb, np.float32)
+    if out is None:
+      out = np.zeros((n, emb.shape[1]), np.float32)
+    out[rows] = emb[:len(rows)]
+    if bar is not None:
+      bar.update(len(rows))
+  if bar is not None:
+    bar.close()
+  return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def encoders(model: biencoder.BiEncoder) -> tuple[Callable, Callable]:
+  """Jitted (params, ids, mask) -> float32 embeddings for mentions and for entities."""
+  def mentions(params, ids, mask):
+    return model.apply({"params": params}, ids, mask,
+                       method=biencoder.BiEncoder.encode_mentions).astype(jnp.float32)
+
+  def entities(params, ids, mask):
+    return model.apply({"params": params}, ids, mask,
+                       method=biencoder.BiEncoder.encode_entities).astype(jnp.float32)
+
+  return jax.jit(mentions), jax.jit(entities)
+
+
+def build_store(kind: str, embeddings: np.ndarray, mesh=None):
+  """A candidate store over one world's entity embeddings (row numbers as ids)."""
+  from zel_jax import index  # pylint: disable=g-import-not-at-top
+  name = {"exact": "numpy"}.get(kind, kind)
+  cls = index.store_class(name)
+  if name == "device":
+    return cls.build(embeddings, None, mesh=mesh)
+  return cls.build(embeddings, None)
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluations.
+
+
+def _write_candidates(path: str, mentions: Sequence[zeshel.Mention],
+                      entities: dict[str, examples_lib.WorldEntities], rows: np.ndarray,
+                      scores: np.ndarray) -> None:
+  """JSON lines {mention_id, world, label_document_id, candidates, scores}; atomic."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for mention, cand, score in zip(mentions, rows, scores):
+      ids = entities[mention.corpus].ids
+      f.write(json.dumps({"mention_id": mention.mention_id, "world": mention.corpus,
+                          "label_document_id": mention.label_document_id,
+                          "candidates": ids[cand].tolist(),
+                          "scores": [round(float(s), 5) for s in score]}) + "\n")
+  os.replace(tmp, path)
+
+
+def _worlds_of(dataset: zeshel.ZeshelDataset, split: str, world: str | None) -> list[str]:
+  worlds = sorted({m.corpus for m in dataset.iter_mentions(split, validate=False)})
+  if world is not None:
+    if world not in worlds:
+      raise ValueError(f"world {world!r} has no mentions in split {split!r} (worlds: "
+                       f"{worlds})")
+    worlds = [world]
+  return worlds
+
+
+def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset, split: str,
+                       config, mesh, *, store: str = "exact", top_k: int = 100,
+                       world: str | None = None, candidates_path: str | None = None
+                       ) -> dict[str, Any]:
+  """Encodes each world's entities, retrieves top_k per mention from its own world's store,
+  and reports recall@k; writes the candidates when candidates_path is given."""
+  window = None if config.data.window_words < 0 else config.data.window_words
+  encode_mentions, encode_entities = encoders(model)
+  batch_axes = config.sharding.batch_axes
+  t0 = time.time()
+  worlds = _worlds_of(dataset, split, world)
+  entities = {w: examples_lib.world_entities(dataset, w, featurizer, config.data.entity_length)
+              for w in worlds}
+  mentions = examples_lib.mention_set(dataset, split, featurizer, config.data.mention_length,
+                                      entities, worlds=worlds, window_words=window)
+  mention_emb = embed_rows(encode_mentions, params, mentions.features, mesh,
+                           config.eval_batch_size, batch_axes, desc=f"{split} mentions")
+  k = top_k
+  all_rows = np.zeros((len(mentions), k), np.int64)
+  all_scores = np.full((len(mentions), k), -np.inf, np.float32)
+  sizes = {}
+  for w in worlds:
+    entity_emb = embed_rows(encode_entities, params, entities[w].features, mesh,
+                            config.eval_batch_size, batch_axes, desc=f"{w} entities")
+    sizes[w] = len(entity_emb)
+    index = build_store(store, entity_emb, mesh)
+    sel = np.flatnonzero(mentions.worlds == w)
+    if len(sel):
+      kk = min(k, len(entity_emb))
+      scores, rows = index.search(mention_emb[sel], kk)
+      all_rows[sel, :kk], all_scores[sel, :kk] = rows, scores
+      all_rows[sel, kk:] = -1
+  ranks = gold_ranks(all_rows, mentions.gold_rows)
+  report = recall_report(ranks, mentions.worlds, [m.category for m in mentions.mentions])
+  report.update(split=split, store=store, entities=sizes, seconds=round(time.time() - t0, 1))
+  if candidates_path:
+    _write_candidates(candidates_path, mentions.mentions, entities, all_rows, all_scores)
+    report["candidates"] = candidates_path
+  return report
+
+
+def evaluate_bm25(dataset: zeshel.ZeshelDataset, split: str, *, top_k: int = 100,
+                  world: str | None = None, context_words: int = 0,
+                  candidates_path: str | None = None) -> dict[str, Any]:
+  """The same evaluation with BM25 over title + text; the query is the mention text plus
+  `context_words` words on each side."""
+  from zel_jax.index.bm25 import BM25  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  worlds = _worlds_of(dataset, split, world)
+  ranks_all, worlds_all, categories, kept, rows_all, scores_all = [], [], [], [], [], []
+  entities = {}
+  for w in worlds:
+    ids, texts = [], []
+    for entity in dataset.iter_entities(w):
+      ids.append(entity.document_id)
+      texts.append(f"{entity.title} {entity.text}")
+    entities[w] = examples_lib.WorldEntities(w, np.asarray(ids), [], [], {})
+    row_of = {d: i for i, d in enumerate(ids)}
+    mentions = [m for m in dataset.iter_mentions(split) if m.corpus == w]
+    if not mentions:
+      continue
+    retriever = BM25(texts)
+    queries = examples_lib.mention_queries(dataset, mentions, context_words)
+    kk = min(top_k, len(texts))
+    scores, rows = retriever.search(queries, kk)
+    rows = np.pad(rows, ((0, 0), (0, top_k - kk)), constant_values=-1)
+    scores = np.pad(scores, ((0, 0), (0, top_k - kk)), constant_values=-np.inf)
+    gold = np.asarray([row_of[m.label_document_id] for m in mentions])
+    ranks_all.append(gold_ranks(rows, gold))
+    worlds_all += [w] * len(mentions)
+    categories += [m.category for m in mentions]
+    kept += mentions
+    rows_all.append(rows)
+    scores_all.append(scores)
+  ranks = np.concatenate(ranks_all) if ranks_all else np.zeros(0, np.int64)
+  report = recall_report(ranks, worlds_all, categories)
+  report.update(split=split, store="bm25", context_words=context_words,
+                seconds=round(time.time() - t0, 1))
+  if candidates_path and kept:
+    _write_candidates(candidates_path, kept, entities, np.concatenate(rows_all),
+                      np.concatenate(scores_all))
+    report["candidates"] = candidates_path
+  return report
+
+
+# ------------------------------------------------------------------------------------------
+# Command line.
+
+
+
+def run(workdir: str, data: str | None, split: str, store: str, world: str | None,
+        baseline: str | None, top_k: int, bm25_context_words: int = 0) -> dict[str, Any]:
+  """The CLI's work as a function (notebooks, the quickstart)."""
+  from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
+  config = trainer.load_config(workdir)
+  data = data or config.data.dir
+  dataset = zeshel.ZeshelDataset(data)
+  suffix = "".join(f".{x}" for x in (world, baseline) if x)
+  path = os.path.join(workdir, "candidates", f"{split}{suffix}.jsonl")
+  if baseline == "bm25":
+    return evaluate_bm25(dataset, split, top_k=top_k, world=world,
+                         context_words=bm25_context_words, candidates_path=path)
+  mesh = sharding.make_mesh(config.mesh)
+  model, featurizer = trainer.build_model(config, mesh)
+  shardings = trainer.param_shardings(config, model, mesh)
+  if baseline == "untrained":
+    params, step = trainer.pretrained_params(config, model, shardings,
+                                             jax.random.PRNGKey(config.seed)), 0
+  else:
+    params, step = trainer.restore_params(workdir, config, model, mesh)
+  report = evaluate_biencoder(model, params, featurizer, dataset, split, config, mesh,
+                              store=store, top_k=top_k, world=world, candidates_path=path)
+  report["step"] = int(step)
+  return report
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when this module is the program (several CLIs import
+  each other's functions)."""
+  flags.DEFINE_string("workdir", None, "A bi-encoder training workdir.")
+  flags.DEFINE_string("data", None, "ZESHEL-layout directory (default: the config's).")
+  flags.DEFINE_string("split", "test", "Mention split to evaluate.")
+  flags.DEFINE_enum("store", "exact", ["exact", "scann", "device"], "Candidate store.")
+  flags.DEFINE_string("world", None, "Evaluate one world only.")
+  flags.DEFINE_enum("baseline", None, ["bm25", "untrained"],
+                                "Evaluate BM25, or the encoder before training, instead.")
+  flags.DEFINE_integer("top_k", 100, "Candidates retrieved and written per mention.")
+  flags.DEFINE_alias("top-k", "top_k")
+  flags.DEFINE_integer("bm25_context_words", 0,
+                                       "BM25 query: mention plus this many words each side.")
+
+
+def main(argv):
+  del argv
+  report = run(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.store, FLAGS.world,
+               FLAGS.baseline, FLAGS.top_k, FLAGS.bm25_context_words)
+  micro = " ".join(f"R@{k}={report[f'recall@{k}']:.2f}" for k in (1, 16, 64))
+  logging.info("%s %s: %s over %d mentions", report["split"], report["store"], micro,
+               report["mentions"])
+  sys.stdout.flush()
+  print(json.dumps(report))
+
+
+FLAGS = flags.FLAGS
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

@@ -1,0 +1,181 @@
+"""Linking: mentions in, entities out, with a trained bi-encoder.
+
+  python -m zel_jax.link --workdir=W --data=DIR --world=NAME --input=mentions.jsonl \
+      --output=out.jsonl --top-k=16
+
+Each input line is either a ZESHEL mention record (context_document_id, start_index,
+end_index, ...) or raw text with a character span: {"text": "...", "start": 4, "end": 11}
+(end exclusive). Each output line repeats the input and adds "entities": [{document_id,
+title, score}, ...], best first. `--text="... [[mention]] ..."` links one sentence whose
+mention is marked with double brackets, and prints the result.
+
+The world's entity store is built once per checkpoint and kept under W/stores/, so repeated
+calls load it instead of re-encoding the knowledge base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Any, Sequence
+
+from absl import app, flags, logging
+import jax
+import numpy as np
+
+from zel_jax import evaluate, sharding
+from zel_jax.data import examples as examples_lib
+from zel_jax.data import zeshel
+
+
+class Linker:
+  """A trained bi-encoder plus one world's entity store, ready to link mentions."""
+
+  def __init__(self, workdir: str, data: str | None, world: str, store: str = "exact",
+               untrained: bool = False):
+    from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
+    self.config = trainer.load_config(workdir)
+    self.dataset = zeshel.ZeshelDataset(data or self.config.data.dir)
+    if world not in self.dataset.worlds():
+      raise ValueError(f"unknown world {world!r}; worlds: {self.dataset.worlds()}")
+    self.world = world
+    self.mesh = sharding.make_mesh(self.config.mesh)
+    self.model, self.featurizer = trainer.build_model(self.config, self.mesh)
+    shardings = trainer.param_shardings(self.config, self.model, self.mesh)
+    if untrained:
+      self.params, step = trainer.pretrained_params(self.config, self.model, shardings,
+                                                    jax.random.PRNGKey(0)), "untrained"
+    else:
+      self.params, step = trainer.restore_params(workdir, self.config, self.model, self.mesh)
+    self.encode_mentions, encode_entities = evaluate.encoders(self.model)
+    self.entities = {e.document_id: e for e in self.dataset.iter_entities(world)}
+    self.doc_ids = np.asarray(list(self.entities))
+    self.store = self._store(os.path.join(workdir, "stores", f"{world}.{step}.{store}"),
+                             store, encode_entities)
+
+  def _store(self, path: str, kind: str, encode_entities):
+    from zel_jax import index  # pylint: disable=g-import-not-at-top
+    if os.path.isdir(path):
+      loaded = index.load_store(path, **({"mesh": self.mesh} if kind == "device" else {}))
+      if len(loaded) == len(self.doc_ids):
+        return loaded
+      logging.warning("%s holds %d entities, the world %d: rebuilding", path, len(loaded),
+                      len(self.doc_ids))
+    world = examples_lib.world_entities(self.dataset, self.world, self.featurizer,
+                                        self.config.data.entity_length)
+    emb = evaluate.embed_rows(encode_entities, self.params, world.features, self.mesh,
+                              self.config.eval_batch_size, self.config.sharding.batch_axes,
+                              desc=f"{self.world} entities")
+    built = evaluate.build_store(kind, emb, self.mesh)
+    if jax.process_index() == 0:
+      built.save(path)
+    return built
+
+  def _pieces(self, record: dict[str, Any], line: int) -> tuple[str, str, str]:
+    if "context_document_id" in record:
+      try:
+        tokens = self.dataset.document(record["context_document_id"]).text.split()
+        start, end = int(record["start_index"]), int(record["end_index"])
+      except KeyError as e:
+        raise ValueError(f"input line {line}: field {e}: missing or unknown") from None
+      if not 0 <= start <= end < len(tokens):
+        raise ValueError(f"input line {line}: span [{start}, {end}] outside the document's "
+                         f"{len(tokens)} tokens")
+      return (" ".join(tokens[:start]), " ".join(tokens[start:end + 1]),
+              " ".join(tokens[end + 1:]))
+    for field in ("text", "start", "end"):
+      if field not in record:
+        raise ValueError(f"input line {line}: field {field!r} missing (give a ZESHEL mention "
+                         "record or {text, start, end})")
+    text, start, end = record["text"], int(record["start"]), int(record["end"])
+    if not 0 <= start < end <= len(text):
+      raise ValueError(f"input line {line}: span [{start}, {end}) outside the text of "
+                       f"{len(text)} characters")
+    return text[:start], text[start:end], text[end:]
+
+  def link(self, records: Sequence[dict[str, Any]], top_k: int = 16) -> list[dict[str, Any]]:
+    pieces = [self._pieces(r, i + 1) for i, r in enumerate(records)]
+    if not pieces:
+      return []
+    lefts, mentions, rights = zip(*pieces)
+    feats = self.featurizer.mention_features(lefts, mentions, rights,
+                                             self.config.data.mention_length)
+    emb = evaluate.embed_rows(self.encode_mentions, self.params, feats, self.mesh,
+                              self.config.eval_batch_size, self.config.sharding.batch_axes)
+    scores, rows = self.store.search(emb, min(top_k, len(self.doc_ids)))
+    out = []
+    for record, mention, score_row, id_row in zip(records, mentions, scores, rows):
+      found = [{"document_id": str(self.doc_ids[r]), "title": self.entities[
+          str(self.doc_ids[r])].title, "score": round(float(s), 4)}
+               for r, s in zip(id_row, score_row) if r >= 0]
+      out.append({**record, "mention": mention, "entities": found})
+    return out
+
+
+def marked_text(text: str) -> dict[str, Any]:
+  """ "a [[mention]] here" -> {"text": "a mention here", "start": 2, "end": 9}."""
+  match = re.search(r"\[\[(.+?)\]\]", text)
+  if not match:
+    raise ValueError(f"mark the mention with double brackets: {text!r}")
+  plain = text[:match.start()] + match.group(1) + text[match.end():]
+  return {"text": plain, "start": match.start(), "end": match.start() + len(match.group(1))}
+
+
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  records = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{number}: malformed JSON: {e.msg}") from None
+  return records
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when this module is the program (several CLIs import
+  each other's functions)."""
+  flags.DEFINE_string("workdir", None, "A bi-encoder training workdir.")
+  flags.DEFINE_string("data", None, "ZESHEL-layout directory (default: the config's).")
+  flags.DEFINE_string("world", None, "The world whose entities to link to.")
+  flags.DEFINE_string("input", None, "JSON lines of mentions.")
+  flags.DEFINE_string("output", None, "Where to write the linked JSON lines.")
+  flags.DEFINE_string("text", None, "One text with its mention in [[double brackets]].")
+  flags.DEFINE_integer("top_k", 16, "Entities per mention.")
+  flags.DEFINE_alias("top-k", "top_k")
+  flags.DEFINE_enum("store", "exact", ["exact", "scann", "device"], "Candidate store.")
+
+
+def main(argv):
+  del argv
+  if bool(FLAGS.input) == bool(FLAGS.text):
+    raise app.UsageError("give exactly one of --input and --text")
+  linker = Linker(FLAGS.workdir, FLAGS.data, FLAGS.world, FLAGS.store)
+  records = _read_jsonl(FLAGS.input) if FLAGS.input else [marked_text(FLAGS.text)]
+  linked = linker.link(records, FLAGS.top_k)
+  if FLAGS.output:
+    tmp = FLAGS.output + ".tmp"
+    with open(tmp, "w") as f:
+      for record in linked:
+        f.write(json.dumps(record) + "\n")
+    os.replace(tmp, FLAGS.output)
+  for record in linked[:5] if FLAGS.output else linked:
+    top = ", ".join(f"{e['title']} ({e['score']:.2f})" for e in record["entities"][:5])
+    print(f"{record['mention']!r} -> {top}")
+  sys.stdout.flush()
+  print(json.dumps({"linked": len(linked), "output": FLAGS.output,
+                    "top": [r["entities"][0] if r["entities"] else None for r in linked[:3]]}))
+
+
+FLAGS = flags.FLAGS
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["workdir", "world"])
+  app.run(main)

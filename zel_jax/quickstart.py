@@ -1,0 +1,115 @@
+"""The README's first command: FOLDOC world -> bi-encoder from real MiniLM-L6 weights ->
+recall on the test split for BM25, the untrained and the trained encoder -> one linked sentence.
+
+  python -m zel_jax.quickstart [--workdir=workdirs/quickstart] [--steps=N]
+
+Everything it leaves (the FOLDOC world under data/foldoc, the workdir with checkpoints,
+metrics, candidates and stores) is printed at the end and reusable with zel_jax.evaluate and
+zel_jax.link. Runs again resume: a finished training run is evaluated, not retrained.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/quickstart", "Training workdir.")
+_DATA = flags.DEFINE_string("data", "data/foldoc", "Where the FOLDOC world is (built if absent).")
+_STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0: the runlocal config's).")
+_SENTENCE = flags.DEFINE_string(
+    "sentence", "The scheduler gives each process a time slice in [[round robin]] order.",
+    "A sentence to link, its mention in [[double brackets]].")
+
+
+def fetch_foldoc(out_dir: str) -> str:
+  """Builds the FOLDOC world from Debian's dict-foldoc package unless `out_dir` has it."""
+  from zel_jax.data import dictd  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(out_dir, "stats.json")):
+    return out_dir
+  with tempfile.TemporaryDirectory() as tmp:
+    debs = _download_deb("dict-foldoc", tmp)
+    unpacked = os.path.join(tmp, "root")
+    if shutil.which("dpkg-deb") is None:
+      raise RuntimeError("dpkg-deb is needed to unpack dict-foldoc (a Debian/Ubuntu tool)")
+    subprocess.run(["dpkg-deb", "-x", debs[0], unpacked], check=True)
+    stats = dictd.build_world(os.path.join(unpacked, "usr", "share", "dictd"), "foldoc",
+                              out_dir)
+  logging.info("FOLDOC world: %s", stats)
+  return out_dir
+
+
+def _download_deb(package: str, directory: str) -> list[str]:
+  def attempt():
+    return subprocess.run(["apt-get", "download", package], cwd=directory,
+                          capture_output=True, text=True)
+  if shutil.which("apt-get") is None:
+    raise RuntimeError(f"apt-get is needed to download {package}; on another system build "
+                       "the world by hand (README: Building the FOLDOC world)")
+  result = attempt()
+  if result.returncode != 0 and os.geteuid() == 0:
+    # Fresh machines have no package lists yet.
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+    result = attempt()
+  debs = glob.glob(os.path.join(directory, f"{package}_*.deb"))
+  if result.returncode != 0 or not debs:
+    raise RuntimeError(f"apt-get download {package} failed: {result.stderr.strip()[-500:]} "
+                       "(run `apt-get update` as root first)")
+  return debs
+
+
+def main(argv):
+  del argv
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,unused-import
+  import configs.blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax import evaluate, link  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  data = fetch_foldoc(_DATA.value)
+  config = recipe.get_config("runlocal")
+  config.data.dir = os.path.abspath(data)
+  if _STEPS.value:
+    config.num_train_steps = _STEPS.value
+  config.evals.splits = ()  # Evaluated below, next to the baselines.
+  workdir = os.path.abspath(_WORKDIR.value)
+  trainer.save_config(config, workdir)
+
+  rows = {}
+  print("evaluating BM25 and the untrained encoder on FOLDOC test ...", flush=True)
+  rows["BM25 (title + text)"] = evaluate.run(workdir, None, "test", "exact", None, "bm25", 100)
+  rows["MiniLM-L6, untrained"] = evaluate.run(workdir, None, "test", "exact", None,
+                                              "untrained", 100)
+  print(f"training the bi-encoder for {config.num_train_steps} steps ...", flush=True)
+  trainer.train_and_evaluate(config, workdir)
+  rows["MiniLM-L6, trained"] = evaluate.run(workdir, None, "test", "scann", None, None, 100)
+
+  print(f"\nFOLDOC test, {rows['BM25 (title + text)']['mentions']} mentions, recall (%):")
+  print(f"{'retriever':26s} {'@1':>7s} {'@16':>7s} {'@64':>7s}")
+  for name, report in rows.items():
+    print(f"{name:26s} " + " ".join(f"{report[f'recall@{k}']:7.2f}" for k in (1, 16, 64)))
+
+  linker = link.Linker(workdir, None, "foldoc", store="scann")
+  linked = linker.link([link.marked_text(_SENTENCE.value)], top_k=5)[0]
+  print(f"\n{_SENTENCE.value}\n  -> " + ", ".join(
+      f"{e['title']} ({e['score']:.1f})" for e in linked["entities"]))
+  print(f"\nworkdir: {workdir}  (python -m zel_jax.evaluate --workdir={workdir} --split=test; "
+        f"python -m zel_jax.link --workdir={workdir} --world=foldoc --text='...')")
+  summary = {name: {f"recall@{k}": r[f"recall@{k}"] for k in (1, 16, 64)}
+             for name, r in rows.items()}
+  summary.update(workdir=workdir, data=os.path.abspath(data),
+                 linked=[e["title"] for e in linked["entities"]],
+                 seconds=round(time.time() - start, 1))
+  sys.stdout.flush()
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)
