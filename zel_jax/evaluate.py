@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import sharding
+from zel_jax import metrics, sharding
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import zeshel
 from zel_jax.models import biencoder
@@ -305,6 +305,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  metrics.quiet_library_logs()
   del argv
   report = run(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.store, FLAGS.world,
                FLAGS.baseline, FLAGS.top_k, FLAGS.bm25_context_words)

@@ -25,7 +25,7 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
-from zel_jax import evaluate, sharding
+from zel_jax import evaluate, metrics, sharding
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import zeshel
 
@@ -69,8 +69,8 @@ class Linker:
                               self.config.eval_batch_size, self.config.sharding.batch_axes,
                               desc=f"{self.world} entities")
     built = evaluate.build_store(kind, emb, self.mesh)
-    if jax.process_index() == 0:
-      built.save(path)
+    if kind == "device" or jax.process_index() == 0:
+      built.save(path)  # A device store's save is collective: each process writes its rows.
     return built
 
   def _pieces(self, record: dict[str, Any], line: int) -> tuple[str, str, str]:
@@ -152,6 +152,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  metrics.quiet_library_logs()
   del argv
   if bool(FLAGS.input) == bool(FLAGS.text):
     raise app.UsageError("give exactly one of --input and --text")

@@ -48,3 +48,16 @@ class MetricWriter:
 def read_jsonl(path: str) -> list[dict[str, Any]]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def quiet_library_logs() -> None:
+  """Drops Orbax's per-save INFO lines (dozens per checkpoint) from the console; its
+  warnings and errors still show."""
+  import logging as pylogging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  class _Filter(pylogging.Filter):
+    def filter(self, record):
+      return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+  absl_logging.get_absl_handler().addFilter(_Filter())

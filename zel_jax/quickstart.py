@@ -21,6 +21,8 @@ import time
 
 from absl import app, flags, logging
 
+from zel_jax import metrics
+
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/quickstart", "Training workdir.")
 _DATA = flags.DEFINE_string("data", "data/foldoc", "Where the FOLDOC world is (built if absent).")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0: the runlocal config's).")
@@ -66,6 +68,7 @@ def _download_deb(package: str, directory: str) -> list[str]:
 
 
 def main(argv):
+  metrics.quiet_library_logs()
   del argv
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,unused-import
   import configs.blink_biencoder as recipe  # pylint: disable=g-import-not-at-top

@@ -13,6 +13,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
+from zel_jax import metrics
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/blink_biencoder.py:runlocal.",
     lock_config=True)
@@ -63,6 +65,7 @@ def trainer_module(name: str):
 
 
 def main(argv):
+  metrics.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
