@@ -198,3 +198,16 @@ def test_markers_grow_the_embedding_table(minilm):
   bigger = model.clone(config=model.config.replace(vocab_size=len(tokenizer)))
   out = bigger.apply({"params": grown}, ids["input_ids"], ids["attention_mask"])
   assert np.isfinite(np.asarray(out)).all()
+
+
+def test_first_token_only_equals_full_cls(minilm):
+  model, params, tokenizer = minilm
+  ids, mask = _batch(tokenizer)
+  full = np.asarray(model.apply({"params": params}, ids, mask))
+  first = np.asarray(model.apply({"params": params}, ids, mask, first_token_only=True))
+  assert first.shape == (3, 1, 384)
+  np.testing.assert_allclose(first[:, 0], full[:, 0], atol=2e-5)
+  remat = model.clone(remat="full")
+  np.testing.assert_allclose(
+      np.asarray(remat.apply({"params": params}, ids, mask, first_token_only=True)), first,
+      atol=1e-5)

@@ -65,7 +65,7 @@ _DATA = flags.DEFINE_string("data", "", "encode: ZESHEL-layout directory (defaul
                             "FOLDOC world, built under data/foldoc if absent).")
 _WORLD = flags.DEFINE_string("world", "foldoc", "encode: the world whose entities to embed.")
 _ENCODE_LENGTH = flags.DEFINE_integer("encode_length", 128, "encode: entity tokens.")
-_ENCODE_BATCH = flags.DEFINE_integer("encode_batch_size", 64, "encode: entities per batch.")
+_ENCODE_BATCH = flags.DEFINE_integer("encode_batch_size", 32, "encode: entities per batch.")
 
 
 # ----------------------------------------------------------------------------- data

@@ -130,6 +130,11 @@ def encoders(model: biencoder.BiEncoder) -> tuple[Callable, Callable]:
   return jax.jit(mentions), jax.jit(entities)
 
 
+def store_path(workdir: str, world: str, step: Any, kind: str) -> str:
+  """Where a world's store for a checkpoint step is kept, shared by evaluate and link."""
+  return os.path.join(workdir, "stores", f"{world}.{step}.{kind}")
+
+
 def build_store(kind: str, embeddings: np.ndarray, mesh=None):
   """A candidate store over one world's entity embeddings (row numbers as ids)."""
   from zel_jax import index  # pylint: disable=g-import-not-at-top
@@ -174,10 +179,11 @@ def _worlds_of(dataset: zeshel.ZeshelDataset, split: str, world: str | None) -> 
 
 def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset, split: str,
                        config, mesh, *, store: str = "exact", top_k: int = 100,
-                       world: str | None = None, candidates_path: str | None = None
-                       ) -> dict[str, Any]:
+                       world: str | None = None, candidates_path: str | None = None,
+                       store_paths: Callable[[str], str] | None = None) -> dict[str, Any]:
   """Encodes each world's entities, retrieves top_k per mention from its own world's store,
-  and reports recall@k; writes the candidates when candidates_path is given."""
+  and reports recall@k; writes the candidates when candidates_path is given, and each
+  world's store to store_paths(world) when given (zel_jax.link then loads it)."""
   window = None if config.data.window_words < 0 else config.data.window_words
   encode_mentions, encode_entities = encoders(model)
   batch_axes = config.sharding.batch_axes
@@ -198,6 +204,8 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
                             config.eval_batch_size, batch_axes, desc=f"{w} entities")
     sizes[w] = len(entity_emb)
     index = build_store(store, entity_emb, mesh)
+    if store_paths is not None and (store == "device" or jax.process_index() == 0):
+      index.save(store_paths(w))  # A device store's save is collective.
     sel = np.flatnonzero(mentions.worlds == w)
     if len(sel):
       kk = min(k, len(entity_emb))
@@ -282,8 +290,11 @@ def run(workdir: str, data: str | None, split: str, store: str, world: str | Non
                                              jax.random.PRNGKey(config.seed)), 0
   else:
     params, step = trainer.restore_params(workdir, config, model, mesh)
-  report = evaluate_biencoder(model, params, featurizer, dataset, split, config, mesh,
-                              store=store, top_k=top_k, world=world, candidates_path=path)
+  report = evaluate_biencoder(
+      model, params, featurizer, dataset, split, config, mesh, store=store, top_k=top_k,
+      world=world, candidates_path=path,
+      store_paths=lambda w: store_path(workdir, w, step if baseline is None else baseline,
+                                       store))
   report["step"] = int(step)
   return report
 

@@ -52,8 +52,8 @@ class Linker:
     self.encode_mentions, encode_entities = evaluate.encoders(self.model)
     self.entities = {e.document_id: e for e in self.dataset.iter_entities(world)}
     self.doc_ids = np.asarray(list(self.entities))
-    self.store = self._store(os.path.join(workdir, "stores", f"{world}.{step}.{store}"),
-                             store, encode_entities)
+    self.store = self._store(evaluate.store_path(workdir, world, step, store), store,
+                             encode_entities)
 
   def _store(self, path: str, kind: str, encode_entities):
     from zel_jax import index  # pylint: disable=g-import-not-at-top

@@ -136,7 +136,9 @@ class SelfAttention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool):
+  def __call__(self, x, attention_mask, deterministic: bool, first_only: bool = False):
+    """first_only: queries (and so outputs) for position 0 alone; keys and values still
+    cover every position."""
     cfg = self.config
     project = functools.partial(
         nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), axis=-1, dtype=self.dtype,
@@ -146,8 +148,13 @@ class SelfAttention(nn.Module):
     # Projections on [tokens, hidden]: XLA's CPU backend differentiates a 2-D dot about twice
     # as fast as the same dot with two leading (batch, length) dimensions.
     tokens = x.reshape(b * length, hidden)
-    q, k, v = (project(name=n)(tokens).reshape(b, length, cfg.num_heads, cfg.head_dim)
-               for n in ("query", "key", "value"))
+    k, v = (project(name=n)(tokens).reshape(b, length, cfg.num_heads, cfg.head_dim)
+            for n in ("key", "value"))
+    if first_only:
+      q = project(name="query")(x[:, 0]).reshape(b, 1, cfg.num_heads, cfg.head_dim)
+    else:
+      q = project(name="query")(tokens).reshape(b, length, cfg.num_heads, cfg.head_dim)
+    queries = q.shape[1]
     # Heads to the front before the batched matmuls: XLA's CPU backend runs
     # [b, h, l, d] @ [b, h, d, l] about 3x faster than the same einsum with heads in the middle.
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
@@ -157,11 +164,11 @@ class SelfAttention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
     context = jnp.matmul(probs, v).transpose(0, 2, 1, 3).reshape(
-        b * length, cfg.num_heads, cfg.head_dim)
+        b * queries, cfg.num_heads, cfg.head_dim)
     return nn.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=_dense_init(cfg, ("heads", "kv", "embed")), bias_init=_zeros(("embed",)),
-        name="out")(context).reshape(b, length, hidden)
+        name="out")(context).reshape(b, queries, hidden)
 
 
 class BertLayer(nn.Module):
@@ -171,10 +178,12 @@ class BertLayer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool):
+  def __call__(self, x, attention_mask, deterministic: bool, first_only: bool = False):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = SelfAttention(cfg, name="attention", **kw)(x, attention_mask, deterministic)
+    h = SelfAttention(cfg, name="attention", **kw)(x, attention_mask, deterministic, first_only)
+    if first_only:
+      x = x[:, :1]
     h = nn.Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
     x = LayerNorm(cfg.layer_norm_eps, name="attention_norm", **kw)(x + h)
     h = nn.Dense(cfg.intermediate_size, kernel_init=_dense_init(cfg, ("embed", "mlp")),
@@ -209,7 +218,10 @@ class BertModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True):
+               deterministic: bool = True, first_token_only: bool = False):
+    """Hidden states [batch, length, hidden]; with first_token_only, [batch, 1, hidden]: the
+    last layer then computes position 0 alone (all that [CLS] pooling reads, about a sixth
+    of a 6-layer encoder's work saved)."""
     cfg = self.config
     if cfg.hidden_act not in _ACTIVATIONS:
       raise ValueError(f"hidden_act {cfg.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
@@ -239,10 +251,13 @@ class BertModel(nn.Module):
     if self.remat:
       if self.remat not in REMAT_POLICIES:
         raise ValueError(f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
-      # argnum 3 (deterministic) selects Python control flow, so it must stay static.
-      layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[self.remat], static_argnums=(3,))
+      # deterministic and first_only select Python control flow, so they must stay static.
+      layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[self.remat],
+                           static_argnums=(3, 4))
     for i in range(cfg.num_layers):
-      x = self._pin(layer_cls(cfg, name=f"layer_{i}", **kw)(x, attention_mask, deterministic))
+      last = first_token_only and i == cfg.num_layers - 1
+      x = self._pin(layer_cls(cfg, name=f"layer_{i}", **kw)(x, attention_mask, deterministic,
+                                                            last))
     return x
 
 

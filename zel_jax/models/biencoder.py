@@ -46,7 +46,9 @@ class BiEncoder(nn.Module):
 
   def _embed(self, side, ids, mask, deterministic):
     tower = self.encoder if self.share_towers else getattr(self, side)
-    return pool(tower(ids, mask, deterministic=deterministic), mask, self.pooling)
+    hidden = tower(ids, mask, deterministic=deterministic,
+                   first_token_only=self.pooling == "cls")
+    return pool(hidden, mask, self.pooling)
 
   def encode_mentions(self, ids, mask, deterministic: bool = True):
     return self._embed("mention", ids, mask, deterministic)
