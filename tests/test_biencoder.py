@@ -229,3 +229,12 @@ def test_link_on_the_real_excerpt(tiny, tmp_path, shared_data):
                              [e["score"] for e in linked[0]["entities"]], atol=1e-3)
   with pytest.raises(ValueError, match="input line 1: span"):
     linker.link([{"text": "short", "start": 3, "end": 40}])
+
+
+def test_gradient_accumulation(tiny, tmp_path):
+  x = jnp.arange(8)
+  np.testing.assert_array_equal(trainer._microbatches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
+  data, model_dir = tiny
+  config = tiny_world.tiny_config(data, model_dir, num_train_steps=4, grad_accum_steps=2)
+  result = trainer.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(result["loss"]) and result["grad_norm"] > 0
