@@ -150,20 +150,21 @@ def build_store(kind: str, embeddings: np.ndarray, mesh=None):
 
 
 def _write_candidates(path: str, mentions: Sequence[zeshel.Mention],
-                      entities: dict[str, examples_lib.WorldEntities], rows: np.ndarray,
+                      ids_of: dict[str, np.ndarray], rows: np.ndarray,
                       scores: np.ndarray) -> None:
-  """JSON lines {mention_id, world, label_document_id, candidates, scores}; atomic."""
+  """JSON lines {mention_id, world, label_document_id, candidates, scores}; atomic. Slots
+  left empty (row -1, a world smaller than top_k) are not written."""
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     for mention, cand, score in zip(mentions, rows, scores):
-      ids = entities[mention.corpus].ids
+      filled = cand >= 0
       f.write(json.dumps({"mention_id": mention.mention_id, "world": mention.corpus,
                           "label_document_id": mention.label_document_id,
-                          "candidates": ids[cand].tolist(),
-                          "scores": [round(float(s), 5) for s in score]}) + "\n")
+                          "candidates": ids_of[mention.corpus][cand[filled]].tolist(),
+                          "scores": [round(float(s), 5) for s in score[filled]]}) + "\n")
   os.replace(tmp, path)
 
 
@@ -216,7 +217,8 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   report = recall_report(ranks, mentions.worlds, [m.category for m in mentions.mentions])
   report.update(split=split, store=store, entities=sizes, seconds=round(time.time() - t0, 1))
   if candidates_path:
-    _write_candidates(candidates_path, mentions.mentions, entities, all_rows, all_scores)
+    _write_candidates(candidates_path, mentions.mentions,
+                      {w: e.ids for w, e in entities.items()}, all_rows, all_scores)
     report["candidates"] = candidates_path
   return report
 
@@ -230,13 +232,13 @@ def evaluate_bm25(dataset: zeshel.ZeshelDataset, split: str, *, top_k: int = 100
   t0 = time.time()
   worlds = _worlds_of(dataset, split, world)
   ranks_all, worlds_all, categories, kept, rows_all, scores_all = [], [], [], [], [], []
-  entities = {}
+  ids_of = {}
   for w in worlds:
     ids, texts = [], []
     for entity in dataset.iter_entities(w):
       ids.append(entity.document_id)
       texts.append(f"{entity.title} {entity.text}")
-    entities[w] = examples_lib.WorldEntities(w, np.asarray(ids), [], [], {})
+    ids_of[w] = np.asarray(ids)
     row_of = {d: i for i, d in enumerate(ids)}
     mentions = [m for m in dataset.iter_mentions(split) if m.corpus == w]
     if not mentions:
@@ -259,7 +261,7 @@ def evaluate_bm25(dataset: zeshel.ZeshelDataset, split: str, *, top_k: int = 100
   report.update(split=split, store="bm25", context_words=context_words,
                 seconds=round(time.time() - t0, 1))
   if candidates_path and kept:
-    _write_candidates(candidates_path, kept, entities, np.concatenate(rows_all),
+    _write_candidates(candidates_path, kept, ids_of, np.concatenate(rows_all),
                       np.concatenate(scores_all))
     report["candidates"] = candidates_path
   return report

@@ -20,6 +20,7 @@ import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -368,8 +369,8 @@ def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
   if not os.path.exists(weights_file):
     raise FileNotFoundError(f"{weights_file}: not found (only safetensors checkpoints are read)")
   table = _hf_to_ours(model.config)
-  expected = {tuple(p): leaf for p, leaf in _flatten(nn.unbox(abstract_params(model)))}
-  flat_shardings = dict(_flatten(shardings)) if shardings is not None else {}
+  expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model)))
+  flat_shardings = traverse_util.flatten_dict(shardings) if shardings is not None else {}
 
   with safe_open(weights_file, framework="numpy") as f:
     sources = {}
@@ -412,7 +413,7 @@ def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
     if problems:
       raise ValueError(f"{weights_file}: does not fit BertModel({model.config}):\n  " +
                        "\n  ".join(problems))
-  return _unflatten(leaves)
+  return traverse_util.unflatten_dict(leaves)
 
 
 def _transformed_shape(transform, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -484,25 +485,3 @@ def grow_embeddings(params: Any, vocab_size: int, rng: Array, stddev: float = 0.
   params = dict(params)
   params["word_embeddings"] = dict(params["word_embeddings"], embedding=grown)
   return params
-
-
-# ----------------------------------------------------------------------------------------------
-# Small tree helpers (nested dicts keyed by strings).
-
-
-def _flatten(tree, prefix=()):
-  if isinstance(tree, Mapping):
-    for k, v in tree.items():
-      yield from _flatten(v, prefix + (k,))
-  else:
-    yield prefix, tree
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-  out: dict = {}
-  for path, value in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = value
-  return out

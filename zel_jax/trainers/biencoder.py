@@ -64,6 +64,14 @@ def param_shardings(config, model, mesh, log: bool = False):
   return sharding.to_shardings(specs, mesh)
 
 
+def abstract_sharded_params(model, shardings):
+  """ShapeDtypeStructs of the parameters, with their shardings (to restore or init into)."""
+  return jax.tree_util.tree_map(
+      lambda box, s: jax.ShapeDtypeStruct(box.value.shape, box.value.dtype, sharding=s),
+      biencoder.abstract_params(model), shardings,
+      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
 def random_params(model, shardings, rng):
   """Initialized straight into their shardings (jit with out_shardings)."""
   ids = jnp.zeros((1, 1), jnp.int32)
@@ -112,10 +120,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def restore_params(workdir: str, config, model, mesh, step: int | None = None):
   """The trained parameters of a workdir's latest (or given) checkpoint, on `mesh`."""
   shardings = param_shardings(config, model, mesh)
-  abstract = jax.tree_util.tree_map(
-      lambda box, s: jax.ShapeDtypeStruct(box.value.shape, box.value.dtype, sharding=s),
-      biencoder.abstract_params(model), shardings,
-      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  abstract = abstract_sharded_params(model, shardings)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     if ckpt.latest_step() is None:
@@ -376,10 +381,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   p_shardings = param_shardings(config, model, mesh, log=True)
   rng = jax.random.PRNGKey(config.seed)
 
-  abstract_params = jax.tree_util.tree_map(
-      lambda box, s: jax.ShapeDtypeStruct(box.value.shape, box.value.dtype, sharding=s),
-      biencoder.abstract_params(model), p_shardings,
-      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  abstract_params = abstract_sharded_params(model, p_shardings)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   o_shardings = _opt_shardings(abstract_opt, abstract_params, p_shardings, mesh)
   abstract = {"params": abstract_params,
@@ -502,29 +504,20 @@ def _flush(pending, writer, step, tick, tick_step, batch_size) -> dict[str, Any]
 
 
 def _opt_shardings(abstract_opt_state, abstract_params, p_shardings, mesh):
-  """Optimizer-state leaves shaped like a parameter take that parameter's sharding (Adam's
-  moments); everything else (step counts) is replicated."""
+  """Shardings for an optax state: subtrees shaped like the parameter tree (Adam's mu and
+  nu) take the parameter shardings; every other leaf (step counts) is replicated."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  # Adam's mu/nu mirror the parameter tree, so match structurally where possible.
   param_struct = jax.tree_util.tree_structure(abstract_params)
 
-  def assign(subtree):
-    if jax.tree_util.tree_structure(subtree) == param_struct:
+  def assign(tree):
+    if jax.tree_util.tree_structure(tree) == param_struct:
       return p_shardings
-    return jax.tree_util.tree_map(lambda _: replicated, subtree)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # NamedTuple states.
+      return type(tree)(*(assign(t) for t in tree))
+    if isinstance(tree, (tuple, list)):
+      return type(tree)(assign(t) for t in tree)
+    if isinstance(tree, dict):
+      return {k: assign(v) for k, v in tree.items()}
+    return jax.tree_util.tree_map(lambda _: replicated, tree)
 
-  return _map_param_like(abstract_opt_state, param_struct, assign)
-
-
-def _map_param_like(tree, param_struct, assign):
-  """Applies `assign` to every subtree of an optax state: param-shaped subtrees (e.g. mu, nu)
-  get the parameter shardings, leaves elsewhere get replicated."""
-  if jax.tree_util.tree_structure(tree) == param_struct:
-    return assign(tree)
-  if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # NamedTuple states.
-    return type(tree)(*(_map_param_like(t, param_struct, assign) for t in tree))
-  if isinstance(tree, (tuple, list)):
-    return type(tree)(_map_param_like(t, param_struct, assign) for t in tree)
-  if isinstance(tree, dict):
-    return {k: _map_param_like(v, param_struct, assign) for k, v in tree.items()}
-  return assign(tree)
+  return assign(abstract_opt_state)
