@@ -13,6 +13,7 @@ import tiny_world
 from zel_jax import evaluate, losses, metrics
 from zel_jax.data import pipeline, zeshel
 from zel_jax.trainers import biencoder as trainer
+from zel_jax.trainers import loop
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +234,7 @@ def test_link_on_the_real_excerpt(tiny, tmp_path, shared_data):
 
 def test_gradient_accumulation(tiny, tmp_path):
   x = jnp.arange(8)
-  np.testing.assert_array_equal(trainer._microbatches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
+  np.testing.assert_array_equal(loop._microbatches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
   data, model_dir = tiny
   config = tiny_world.tiny_config(data, model_dir, num_train_steps=4, grad_accum_steps=2)
   result = trainer.train_and_evaluate(config, str(tmp_path))

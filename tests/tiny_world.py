@@ -124,3 +124,58 @@ def tiny_config(data_dir, model_dir, **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def write_candidates(data_dir, path, split: str, k: int = 4, miss_every: int = 0,
+                     seed: int = 0) -> pathlib.Path:
+  """A retriever's candidates file for the tiny world: each mention's gold among k - 1
+  random other entities at a random position, or (every miss_every-th mention) missing."""
+  rng = np.random.default_rng(seed)
+  ids = [f"E{i:03d}" for i in range(len(TOPICS))]
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(pathlib.Path(data_dir) / "mentions" / f"{split}.json") as f, open(path, "w") as out:
+    for n, line in enumerate(f):
+      mention = json.loads(line)
+      gold = mention["label_document_id"]
+      others = [d for d in rng.permutation(ids).tolist() if d != gold]
+      if miss_every and n % miss_every == 0:
+        chosen = others[:k]
+      else:
+        chosen = others[:k - 1]
+        chosen.insert(int(rng.integers(k)), gold)
+      out.write(json.dumps({"mention_id": mention["mention_id"], "world": mention["corpus"],
+                            "label_document_id": gold, "candidates": chosen,
+                            "scores": [float(k - i) for i in range(k)]}) + "\n")
+  return path
+
+
+def tiny_cross_config(data_dir, model_dir, candidates, **overrides):
+  import configs.blink_crossencoder as recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.get_config("runlocal")
+  config.data.dir = str(data_dir)
+  config.data.candidates = str(candidates)
+  config.model.pretrained = str(model_dir)
+  config.data.mention_length = 12
+  config.data.entity_length = 12
+  config.data.num_candidates = 4
+  # A from-scratch 2-layer encoder must learn to match the mention word with the title
+  # across the pair; it does so within ~60 steps of 16 mentions at a high learning rate.
+  config.batch_size = 16
+  config.num_train_steps = 60
+  config.log_every = 4
+  config.checkpoint_every = 20
+  config.optimizer.learning_rate = 1e-2
+  config.optimizer.warmup_fraction = 0.0
+  config.model.hidden_dropout = 0.0
+  config.model.attention_dropout = 0.0
+  config.eval_batch_size = 8
+  config.evals.splits = ()
+  config.mesh = [("data", 4), ("fsdp", 2)]
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

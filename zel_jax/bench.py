@@ -8,7 +8,7 @@ train: pairs/s of the jitted bi-encoder update (MiniLM-L6, two towers, in-batch 
 clipping) against the same model and batch in PyTorch (transformers' BertModel) in the same
 run, and the step's FLOP/s (XLA's cost analysis) as a fraction of a plain jitted matmul's.
 encode: the whole knowledge-base embedding pass of a world (tokenize, batch, encode; rows
-sorted by length and cut to 16-token buckets) against BLINK's pass that pads every entity to
+sorted by length and cut to 8-token buckets) against BLINK's pass that pads every entity to
 the maximum length, in entities/s.
 
 index: candidate stores on clustered synthetic embeddings (see `clustered_embeddings`). For
@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 import numpy as np
+
+from zel_jax import sharding
 
 FLAGS = flags.FLAGS
 
@@ -333,8 +335,9 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from configs import blink_biencoder  # pylint: disable=g-import-not-at-top
-  from zel_jax import optim, sharding  # pylint: disable=g-import-not-at-top
+  from zel_jax import optim  # pylint: disable=g-import-not-at-top
   from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
 
   config = blink_biencoder.get_config("runlocal")
   config.model.pretrained = model_name
@@ -353,7 +356,8 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
            "entity_index": np.arange(batch_size, dtype=np.int32),
            "valid": np.ones(batch_size, bool)}
   batch = sharding.global_batch(batch, mesh, config.sharding.batch_axes)
-  update = jax.jit(trainer.make_update(model, optimizer, schedule, config),
+  update = jax.jit(loop.make_update(trainer.make_loss_fn(model, config), optimizer, schedule,
+                                    config),
                    donate_argnums=(0, 1))
   rng = jax.random.PRNGKey(0)
   compiled = update.lower(params, opt_state, jnp.int32(0), batch, rng).compile()
@@ -434,8 +438,8 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from configs import blink_biencoder  # pylint: disable=g-import-not-at-top
-  from zel_jax import evaluate, sharding  # pylint: disable=g-import-not-at-top
-  from zel_jax.data import examples, zeshel  # pylint: disable=g-import-not-at-top
+  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from zel_jax.data import zeshel  # pylint: disable=g-import-not-at-top
   from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
 
   dataset = zeshel.ZeshelDataset(data)
@@ -453,7 +457,7 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
   warm = featurizer.entity_features([e.title for e in entities[:batch_size]],
                                     [e.text for e in entities[:batch_size]], length)
   t = time.perf_counter()
-  for width in range(16, length + 1, 16):
+  for width in range(8, length + 1, 8):
     w = {k: np.ascontiguousarray(v[:, :width]) for k, v in warm.items()}
     w["attention_mask"][:] = 1
     evaluate.embed_rows(encode_entities, params, w, mesh, batch_size)
@@ -509,6 +513,7 @@ COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def main(argv: Sequence[str]) -> None:
+  sharding.use_cpu_cores_as_devices()
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m zel_jax.bench {{{'|'.join(COMMANDS)}}} [--flags]")
   result = COMMANDS[argv[1]]()

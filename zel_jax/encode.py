@@ -79,6 +79,7 @@ _TEXT = flags.DEFINE_multi_string("text", [], "A text to embed (repeat the flag)
 
 
 def main(argv):
+  sharding.use_cpu_cores_as_devices()
   del argv
   config = _CONFIG.value
   texts = _TEXT.value or ["Baibars besieged Antioch in 1268.",

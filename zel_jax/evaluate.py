@@ -67,12 +67,49 @@ def recall_report(ranks: np.ndarray, worlds: Sequence[str], categories: Sequence
   return report
 
 
+def _accuracies(predicted_rows: np.ndarray, rows: np.ndarray, gold: np.ndarray
+                ) -> dict[str, float]:
+  correct = predicted_rows == gold
+  found = (rows == gold[:, None]).any(1)
+  pct = lambda x: round(100.0 * float(np.mean(x)), 4) if len(x) else 0.0
+  return {"normalized_accuracy": pct(correct[found]), "unnormalized_accuracy": pct(correct),
+          "candidate_recall": pct(found), "retriever_accuracy": pct(rows[:, 0] == gold)}
+
+
+def rerank_report(scores: np.ndarray, rows: np.ndarray, gold: np.ndarray,
+                  worlds: Sequence[str], categories: Sequence[str | None]) -> dict[str, Any]:
+  """BLINK's reranking metrics, percentages: normalized accuracy (over the mentions whose
+  gold is among their candidates), unnormalized accuracy (over all mentions), with the
+  candidates' recall and the retriever's own accuracy@1 on the same candidates beside them;
+  micro, macro over worlds (BLINK's headline numbers), per world and per category.
+
+  scores [M, K] (-inf in empty slots), rows [M, K] entity rows (-1: empty), gold [M].
+  """
+  rows, gold = np.asarray(rows), np.asarray(gold)
+  worlds = np.asarray(worlds)
+  categories = np.asarray([c or "NONE" for c in categories])
+  best = np.argmax(np.where(rows >= 0, scores, -np.inf), axis=1)
+  predicted = np.take_along_axis(rows, best[:, None], 1)[:, 0]
+
+  def part(mask):
+    return {**_accuracies(predicted[mask], rows[mask], gold[mask]), "mentions": int(mask.sum())}
+
+  report: dict[str, Any] = part(np.ones(len(gold), bool))
+  per_world = {str(w): part(worlds == w) for w in sorted(set(worlds))}
+  report["macro"] = {key: round(float(np.mean([v[key] for v in per_world.values()])), 4)
+                     for key in ("normalized_accuracy", "unnormalized_accuracy",
+                                 "candidate_recall", "retriever_accuracy")} if per_world else {}
+  report["per_world"] = per_world
+  report["per_category"] = {str(c): part(categories == c) for c in sorted(set(categories))}
+  return report
+
+
 # ------------------------------------------------------------------------------------------
 # Encoding on the mesh.
 
 
 def embed_rows(encode: Callable, params: Any, feats: dict[str, np.ndarray], mesh,
-               batch_size: int, batch_axes=("data", "fsdp"), bucket: int = 16,
+               batch_size: int, batch_axes=("data", "fsdp"), bucket: int = 8,
                desc: str = "") -> np.ndarray:
   """Embeds every row of feats (input_ids, attention_mask) in global batches on the mesh.
 
@@ -149,11 +186,10 @@ def build_store(kind: str, embeddings: np.ndarray, mesh=None):
 # Evaluations.
 
 
-def _write_candidates(path: str, mentions: Sequence[zeshel.Mention],
-                      ids_of: dict[str, np.ndarray], rows: np.ndarray,
-                      scores: np.ndarray) -> None:
-  """JSON lines {mention_id, world, label_document_id, candidates, scores}; atomic. Slots
-  left empty (row -1, a world smaller than top_k) are not written."""
+def write_candidates(path: str, mentions: Sequence[zeshel.Mention], doc_ids: np.ndarray,
+                     rows: np.ndarray, scores: np.ndarray) -> None:
+  """JSON lines {mention_id, world, label_document_id, candidates, scores} (candidates as
+  document ids: doc_ids[row]); atomic. Slots left empty (row -1) are not written."""
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -163,9 +199,20 @@ def _write_candidates(path: str, mentions: Sequence[zeshel.Mention],
       filled = cand >= 0
       f.write(json.dumps({"mention_id": mention.mention_id, "world": mention.corpus,
                           "label_document_id": mention.label_document_id,
-                          "candidates": ids_of[mention.corpus][cand[filled]].tolist(),
-                          "scores": [round(float(s), 5) for s in score[filled]]}) + "\n")
+                          "candidates": doc_ids[cand[filled]].tolist(),
+                          "scores": [round(float(x), 5) for x in score[filled]]}) + "\n")
   os.replace(tmp, path)
+
+
+def _write_world_candidates(path: str, mentions: Sequence[zeshel.Mention],
+                            ids_of: dict[str, np.ndarray], rows: np.ndarray,
+                            scores: np.ndarray) -> None:
+  """write_candidates with rows numbered within each mention's own world."""
+  worlds = sorted(ids_of)
+  offsets = dict(zip(worlds, np.cumsum([0] + [len(ids_of[w]) for w in worlds])))
+  shift = np.asarray([offsets[m.corpus] for m in mentions], np.int64)[:, None]
+  write_candidates(path, mentions, np.concatenate([ids_of[w] for w in worlds]),
+                   np.where(rows >= 0, rows + shift, -1), scores)
 
 
 def _worlds_of(dataset: zeshel.ZeshelDataset, split: str, world: str | None) -> list[str]:
@@ -217,7 +264,7 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   report = recall_report(ranks, mentions.worlds, [m.category for m in mentions.mentions])
   report.update(split=split, store=store, entities=sizes, seconds=round(time.time() - t0, 1))
   if candidates_path:
-    _write_candidates(candidates_path, mentions.mentions,
+    _write_world_candidates(candidates_path, mentions.mentions,
                       {w: e.ids for w, e in entities.items()}, all_rows, all_scores)
     report["candidates"] = candidates_path
   return report
@@ -261,7 +308,7 @@ def evaluate_bm25(dataset: zeshel.ZeshelDataset, split: str, *, top_k: int = 100
   report.update(split=split, store="bm25", context_words=context_words,
                 seconds=round(time.time() - t0, 1))
   if candidates_path and kept:
-    _write_candidates(candidates_path, kept, ids_of, np.concatenate(rows_all),
+    _write_world_candidates(candidates_path, kept, ids_of, np.concatenate(rows_all),
                       np.concatenate(scores_all))
     report["candidates"] = candidates_path
   return report
@@ -271,13 +318,38 @@ def evaluate_bm25(dataset: zeshel.ZeshelDataset, split: str, *, top_k: int = 100
 # Command line.
 
 
+def run_rerank(workdir: str, config, data: str, split: str, world: str | None,
+               candidates: str | None) -> dict[str, Any]:
+  """A cross-encoder workdir: reranks `candidates` (a bi-encoder workdir or a candidates
+  file; default the one it trained on) and reports BLINK's accuracies."""
+  from zel_jax.data import candidates as candidates_lib  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import crossencoder as trainer  # pylint: disable=g-import-not-at-top
+  source = candidates_lib.path_of(candidates or config.data.candidates, split)
+  dataset = zeshel.ZeshelDataset(data)
+  mesh = sharding.make_mesh(config.mesh)
+  model, featurizer = trainer.build_model(config, mesh)
+  params, step = trainer.restore_params(workdir, config, model, mesh)
+  rerank_set = trainer.rerank_set(config, dataset, featurizer, split, source, world=world)
+  suffix = f".{world}" if world else ""
+  report = trainer.evaluate_rerank(
+      model, params, rerank_set, config, mesh, split,
+      candidates_path=os.path.join(workdir, "candidates", f"{split}{suffix}.jsonl"))
+  report.update(step=int(step), reranked=source)
+  return report
+
 
 def run(workdir: str, data: str | None, split: str, store: str, world: str | None,
-        baseline: str | None, top_k: int, bm25_context_words: int = 0) -> dict[str, Any]:
+        baseline: str | None, top_k: int, bm25_context_words: int = 0,
+        candidates: str | None = None) -> dict[str, Any]:
   """The CLI's work as a function (notebooks, the quickstart)."""
   from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
   config = trainer.load_config(workdir)
   data = data or config.data.dir
+  if config.get("trainer") == "crossencoder":
+    if baseline:
+      raise ValueError(f"--baseline={baseline} evaluates retrievers; {workdir} holds a "
+                       "cross-encoder")
+    return run_rerank(workdir, config, data, split, world, candidates)
   dataset = zeshel.ZeshelDataset(data)
   suffix = "".join(f".{x}" for x in (world, baseline) if x)
   path = os.path.join(workdir, "candidates", f"{split}{suffix}.jsonl")
@@ -304,7 +376,10 @@ def run(workdir: str, data: str | None, split: str, store: str, world: str | Non
 def define_flags() -> None:
   """Command-line flags, defined only when this module is the program (several CLIs import
   each other's functions)."""
-  flags.DEFINE_string("workdir", None, "A bi-encoder training workdir.")
+  flags.DEFINE_string("workdir", None, "A bi-encoder or cross-encoder training workdir.")
+  flags.DEFINE_string("candidates", None,
+                      "Cross-encoder workdirs: the bi-encoder workdir (or candidates file) "
+                      "whose candidates to rerank; default the one it trained on.")
   flags.DEFINE_string("data", None, "ZESHEL-layout directory (default: the config's).")
   flags.DEFINE_string("split", "test", "Mention split to evaluate.")
   flags.DEFINE_enum("store", "exact", ["exact", "scann", "device"], "Candidate store.")
@@ -318,13 +393,20 @@ def define_flags() -> None:
 
 
 def main(argv):
+  sharding.use_cpu_cores_as_devices()
   metrics.quiet_library_logs()
   del argv
   report = run(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.store, FLAGS.world,
-               FLAGS.baseline, FLAGS.top_k, FLAGS.bm25_context_words)
-  micro = " ".join(f"R@{k}={report[f'recall@{k}']:.2f}" for k in (1, 16, 64))
-  logging.info("%s %s: %s over %d mentions", report["split"], report["store"], micro,
-               report["mentions"])
+               FLAGS.baseline, FLAGS.top_k, FLAGS.bm25_context_words, FLAGS.candidates)
+  if "normalized_accuracy" in report:
+    logging.info("%s rerank: normalized %.2f, unnormalized %.2f (macro %.2f / %.2f) over %d "
+                 "mentions", report["split"], report["normalized_accuracy"],
+                 report["unnormalized_accuracy"], report["macro"]["normalized_accuracy"],
+                 report["macro"]["unnormalized_accuracy"], report["mentions"])
+  else:
+    micro = " ".join(f"R@{k}={report[f'recall@{k}']:.2f}" for k in (1, 16, 64))
+    logging.info("%s %s: %s over %d mentions", report["split"], report["store"], micro,
+                 report["mentions"])
   sys.stdout.flush()
   print(json.dumps(report))
 

@@ -1,7 +1,8 @@
-"""Linking: mentions in, entities out, with a trained bi-encoder.
+"""Linking: mentions in, entities out, with a trained bi-encoder (and optionally BLINK's
+second stage, a cross-encoder reranking the retrieved candidates).
 
   python -m zel_jax.link --workdir=W --data=DIR --world=NAME --input=mentions.jsonl \
-      --output=out.jsonl --top-k=16
+      --output=out.jsonl --top-k=16 [--rerank=W_CROSS]
 
 Each input line is either a ZESHEL mention record (context_document_id, start_index,
 end_index, ...) or raw text with a character span: {"text": "...", "start": 4, "end": 11}
@@ -10,7 +11,9 @@ title, score}, ...], best first. `--text="... [[mention]] ..."` links one senten
 mention is marked with double brackets, and prints the result.
 
 The world's entity store is built once per checkpoint and kept under W/stores/, so repeated
-calls load it instead of re-encoding the knowledge base.
+calls load it instead of re-encoding the knowledge base. With --rerank, the top-k retrieved
+entities are scored by the cross-encoder and returned in its order; "score" is then the
+cross-encoder's and "retrieval_score" the bi-encoder's.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ class Linker:
                        f"{len(text)} characters")
     return text[:start], text[start:end], text[end:]
 
-  def link(self, records: Sequence[dict[str, Any]], top_k: int = 16) -> list[dict[str, Any]]:
+  def link(self, records: Sequence[dict[str, Any]], top_k: int = 16,
+           reranker: "Reranker | None" = None) -> list[dict[str, Any]]:
     pieces = [self._pieces(r, i + 1) for i, r in enumerate(records)]
     if not pieces:
       return []
@@ -105,13 +109,62 @@ class Linker:
     emb = evaluate.embed_rows(self.encode_mentions, self.params, feats, self.mesh,
                               self.config.eval_batch_size, self.config.sharding.batch_axes)
     scores, rows = self.store.search(emb, min(top_k, len(self.doc_ids)))
+    retrieval_scores = scores
+    if reranker is not None:
+      scores = reranker.score(pieces, [[self.entities[str(self.doc_ids[r])] for r in row
+                                        if r >= 0] for row in rows])
+      order = np.argsort(-scores, axis=1, kind="stable")
+      scores = np.take_along_axis(scores, order, 1)
+      rows = np.take_along_axis(rows, order, 1)
+      retrieval_scores = np.take_along_axis(retrieval_scores, order, 1)
     out = []
-    for record, mention, score_row, id_row in zip(records, mentions, scores, rows):
+    for record, mention, score_row, id_row, retrieval_row in zip(records, mentions, scores,
+                                                                 rows, retrieval_scores):
       found = [{"document_id": str(self.doc_ids[r]), "title": self.entities[
           str(self.doc_ids[r])].title, "score": round(float(s), 4)}
                for r, s in zip(id_row, score_row) if r >= 0]
+      if reranker is not None:
+        for entity, r in zip(found, retrieval_row[id_row >= 0]):
+          entity["retrieval_score"] = round(float(r), 4)
       out.append({**record, "mention": mention, "entities": found})
     return out
+
+
+class Reranker:
+  """A trained cross-encoder (BLINK stage 2) scoring mentions against given entities."""
+
+  def __init__(self, workdir: str):
+    from zel_jax.trainers import crossencoder as trainer  # pylint: disable=g-import-not-at-top
+    from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
+    self.config = loop.load_config(workdir)
+    if self.config.get("trainer") != "crossencoder":
+      raise ValueError(f"--rerank={workdir!r} is not a cross-encoder workdir (its trainer is "
+                       f"{self.config.get('trainer')!r})")
+    self.mesh = sharding.make_mesh(self.config.mesh)
+    self.model, self.featurizer = trainer.build_model(self.config, self.mesh)
+    self.params, self.step = trainer.restore_params(workdir, self.config, self.model,
+                                                    self.mesh)
+
+  def score(self, pieces: Sequence[tuple[str, str, str]],
+            candidates: Sequence[Sequence[zeshel.Entity]]) -> np.ndarray:
+    """Scores [M, K] of each mention (left, mention, right) against its candidate entities
+    (K = the longest list; -inf in the slots of shorter lists)."""
+    from zel_jax.trainers import crossencoder as trainer  # pylint: disable=g-import-not-at-top
+    lefts, mentions, rights = zip(*pieces)
+    mention_feats = self.featurizer.mention_features(lefts, mentions, rights,
+                                                     self.config.data.mention_length)
+    flat = [e for row in candidates for e in row]
+    entity_feats = self.featurizer.entity_features([e.title for e in flat],
+                                                   [e.text for e in flat],
+                                                   self.config.data.entity_length)
+    k = max(len(row) for row in candidates)
+    rows = np.full((len(candidates), k), -1, np.int64)
+    start = 0
+    for i, row in enumerate(candidates):
+      rows[i, :len(row)] = np.arange(start, start + len(row))
+      start += len(row)
+    return trainer.score_candidates(self.model, self.params, mention_feats, entity_feats,
+                                    rows, self.config, self.mesh, self.config.eval_batch_size)
 
 
 def marked_text(text: str) -> dict[str, Any]:
@@ -149,16 +202,19 @@ def define_flags() -> None:
   flags.DEFINE_integer("top_k", 16, "Entities per mention.")
   flags.DEFINE_alias("top-k", "top_k")
   flags.DEFINE_enum("store", "exact", ["exact", "scann", "device"], "Candidate store.")
+  flags.DEFINE_string("rerank", None, "A cross-encoder workdir: rerank the top-k with it.")
 
 
 def main(argv):
+  sharding.use_cpu_cores_as_devices()
   metrics.quiet_library_logs()
   del argv
   if bool(FLAGS.input) == bool(FLAGS.text):
     raise app.UsageError("give exactly one of --input and --text")
   linker = Linker(FLAGS.workdir, FLAGS.data, FLAGS.world, FLAGS.store)
   records = _read_jsonl(FLAGS.input) if FLAGS.input else [marked_text(FLAGS.text)]
-  linked = linker.link(records, FLAGS.top_k)
+  reranker = Reranker(FLAGS.rerank) if FLAGS.rerank else None
+  linked = linker.link(records, FLAGS.top_k, reranker)
   if FLAGS.output:
     tmp = FLAGS.output + ".tmp"
     with open(tmp, "w") as f:

@@ -69,3 +69,48 @@ def hard_negative_softmax(mention_emb: jax.Array, gold_emb: jax.Array, negative_
     keep = keep & negative_valid.astype(bool)
   scores = jnp.concatenate([gold[:, None], jnp.where(keep, neg, _NEG)], axis=1)
   return _mean_over_valid(-jax.nn.log_softmax(scores, axis=-1)[:, 0], valid)
+
+
+def candidate_softmax(scores: jax.Array, labels: jax.Array,
+                      candidate_valid: jax.Array | None = None,
+                      valid: jax.Array | None = None) -> jax.Array:
+  """BLINK's cross-encoder loss (Sec. 3.2): softmax cross-entropy over each mention's K
+  candidates, the gold at position labels[b].
+
+  scores [B, K] (float32); labels [B] int; candidate_valid [B, K] masks empty slots (a world
+  with fewer than K entities); valid [B] masks padded rows.
+  """
+  scores = scores.astype(jnp.float32)
+  if candidate_valid is not None:
+    scores = jnp.where(candidate_valid.astype(bool), scores, _NEG)
+  log_probs = jax.nn.log_softmax(scores, axis=-1)
+  gold = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
+  return _mean_over_valid(-gold, valid)
+
+
+def distillation(student_scores: jax.Array, teacher_scores: jax.Array, labels: jax.Array,
+                 *, weight: float, temperature: float,
+                 candidate_valid: jax.Array | None = None,
+                 valid: jax.Array | None = None) -> jax.Array:
+  """Knowledge distillation of the cross-encoder into the bi-encoder (BLINK Sec. 5.4, after
+  Hinton et al., 2015) over each mention's K candidates:
+
+    (1 - weight) * CE(softmax(student), gold) + weight * KL(p_T(teacher) || p_T(student))
+
+  with p_T = softmax(scores / temperature). The KL differs from the soft-target
+  cross-entropy only by the teacher's entropy, a constant: same gradients, and a value that
+  is 0 when the student matches. The teacher gets no gradient.
+  """
+  student = student_scores.astype(jnp.float32)
+  teacher = jax.lax.stop_gradient(teacher_scores.astype(jnp.float32))
+  if candidate_valid is not None:
+    keep = candidate_valid.astype(bool)
+    student = jnp.where(keep, student, _NEG)
+    teacher = jnp.where(keep, teacher, _NEG)
+  hard = -jnp.take_along_axis(jax.nn.log_softmax(student, axis=-1),
+                              labels[:, None].astype(jnp.int32), axis=1)[:, 0]
+  log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
+  log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
+  # Masked slots have p_teacher = 0 exactly (exp of -1e9 / T underflows), so they add 0.
+  kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+  return _mean_over_valid((1.0 - weight) * hard + weight * kl, valid)

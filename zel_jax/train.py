@@ -13,7 +13,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from zel_jax import metrics
+from zel_jax import metrics, sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/blink_biencoder.py:runlocal.",
@@ -65,6 +65,7 @@ def trainer_module(name: str):
 
 
 def main(argv):
+  sharding.use_cpu_cores_as_devices()
   metrics.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -361,6 +361,40 @@ def _assemble(segments: Iterable[tuple], length: int, pad_id: int) -> dict[str, 
   return {"input_ids": ids, "attention_mask": (cols < end[:, None]).astype(np.int32)}
 
 
+def cross_features(mention_ids: np.ndarray, mention_mask: np.ndarray, entity_ids: np.ndarray,
+                   entity_mask: np.ndarray, length: int, pad_id: int = 0
+                   ) -> dict[str, np.ndarray]:
+  """BLINK's cross-encoder rows: each mention's input followed by each of its candidates'
+  input without the [CLS], `[CLS] ctx_l [Ms] m [Me] ctx_r [SEP] title [ENT] desc [SEP]`.
+
+  mention_*: [B, Lm] featurized mentions; entity_*: [B, K, Le] their K candidates. Returns
+  input_ids, attention_mask and token_type_ids (0 for the mention's tokens, 1 for the
+  entity's, BERT's sentence-pair convention) of shape [B, K, length]. A pair longer than
+  `length` loses the end of its description and keeps its final [SEP] (the mention's own
+  [SEP] token). length = Lm + Le - 1 never cuts.
+  """
+  b, k, le = entity_ids.shape
+  m_len = mention_mask.sum(-1).astype(np.int64)                        # [B]
+  e_len = entity_mask.sum(-1).astype(np.int64).reshape(b * k)          # [B*K]
+  m_len_pairs = np.repeat(m_len, k)
+  if np.any(m_len_pairs >= length):
+    raise ValueError(f"a mention of {int(m_len.max())} tokens leaves no room for its entity "
+                     f"in rows of length {length}")
+  body = np.maximum(e_len - 1, 0)                  # the entity's tokens after [CLS]
+  cut = m_len_pairs + body > length
+  kept = np.where(cut, length - m_len_pairs - 1, body)
+  sep = np.repeat(np.take_along_axis(mention_ids, (m_len - 1)[:, None], 1)[:, 0], k)
+  mentions = np.repeat(mention_ids, k, axis=0)
+  zeros = np.zeros(b * k, np.int64)
+  out = _assemble([(mentions, zeros, m_len_pairs),
+                   (entity_ids.reshape(b * k, le), zeros + 1, kept),
+                   (sep[:, None], zeros, cut.astype(np.int64))], length, pad_id)
+  cols = np.arange(length)[None, :]
+  out["token_type_ids"] = ((cols >= m_len_pairs[:, None]) &
+                           (out["attention_mask"] > 0)).astype(np.int32)
+  return {name: v.reshape(b, k, length) for name, v in out.items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # Throughput.
 

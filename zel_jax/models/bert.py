@@ -89,9 +89,16 @@ class BertConfig:
     )
 
 
+def _gelu_erf(x: Array) -> Array:
+  # x/2 (1 + erf(x/sqrt 2)), Hugging Face's own formula. jax.nn.gelu's exact form goes
+  # through erfc, which XLA's CPU backend evaluates about 2.5x slower; the two agree
+  # within 5e-7.
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     # Hugging Face's "gelu" is the exact erf form; "gelu_new" is the tanh approximation.
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": _gelu_erf,
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
@@ -131,6 +138,35 @@ class LayerNorm(nn.Module):
                         name="norm")(x.astype(jnp.float32)).astype(self.dtype)
 
 
+class _DenseParams(nn.Module):
+  """The kernel and bias of a [hidden] -> [heads, kv] projection, declared under the names a
+  DenseGeneral would use (so checkpoints and the Hugging Face mapping are unchanged) and
+  returned rather than applied, so that SelfAttention can run several projections as one dot."""
+  config: BertConfig
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    cfg = self.config
+    kernel = self.param("kernel", _dense_init(cfg, ("embed", "heads", "kv")),
+                        (cfg.hidden_size, cfg.num_heads, cfg.head_dim), self.param_dtype)
+    bias = self.param("bias", _zeros(("heads", "kv")), (cfg.num_heads, cfg.head_dim),
+                      self.param_dtype)
+    return kernel, bias
+
+
+def _project(x: Array, projections: Sequence[tuple[Array, Array]], dtype) -> Array:
+  """x [tokens, hidden] through P stacked projections at once -> [tokens, P, heads, kv].
+
+  One dot with N = P * hidden runs about 1.4x faster on XLA's CPU backend than P dots with
+  N = hidden. Stacking on a new axis (not concatenating heads) keeps a heads-sharded kernel
+  sharded the same way.
+  """
+  kernel = jnp.stack([k for k, _ in projections], axis=1).astype(dtype)
+  bias = jnp.stack([b for _, b in projections], axis=0).astype(dtype)
+  return jnp.einsum("th,hpnd->tpnd", x.astype(dtype), kernel) + bias
+
+
 class SelfAttention(nn.Module):
   config: BertConfig
   dtype: Any = jnp.float32
@@ -141,20 +177,20 @@ class SelfAttention(nn.Module):
     """first_only: queries (and so outputs) for position 0 alone; keys and values still
     cover every position."""
     cfg = self.config
-    project = functools.partial(
-        nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), axis=-1, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=_dense_init(cfg, ("embed", "heads", "kv")),
-        bias_init=_zeros(("heads", "kv")))
+    query, key, value = (_DenseParams(cfg, self.param_dtype, name=n)()
+                         for n in ("query", "key", "value"))
     b, length, hidden = x.shape
     # Projections on [tokens, hidden]: XLA's CPU backend differentiates a 2-D dot about twice
     # as fast as the same dot with two leading (batch, length) dimensions.
     tokens = x.reshape(b * length, hidden)
-    k, v = (project(name=n)(tokens).reshape(b, length, cfg.num_heads, cfg.head_dim)
-            for n in ("key", "value"))
+    heads = (cfg.num_heads, cfg.head_dim)
     if first_only:
-      q = project(name="query")(x[:, 0]).reshape(b, 1, cfg.num_heads, cfg.head_dim)
+      k, v = (t.reshape(b, length, *heads)
+              for t in jnp.unstack(_project(tokens, (key, value), self.dtype), axis=1))
+      q = _project(x[:, 0], (query,), self.dtype).reshape(b, 1, *heads)
     else:
-      q = project(name="query")(tokens).reshape(b, length, cfg.num_heads, cfg.head_dim)
+      q, k, v = (t.reshape(b, length, *heads) for t in
+                 jnp.unstack(_project(tokens, (query, key, value), self.dtype), axis=1))
     queries = q.shape[1]
     # Heads to the front before the batched matmuls: XLA's CPU backend runs
     # [b, h, l, d] @ [b, h, d, l] about 3x faster than the same einsum with heads in the middle.
