@@ -117,13 +117,7 @@ def tiny_config(data_dir, model_dir, **overrides):
   config.eval_batch_size = 16
   config.evals.splits = ()
   config.mesh = [("data", 4), ("fsdp", 2)]
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return _override(config, overrides)
 
 
 def write_candidates(data_dir, path, split: str, k: int = 4, miss_every: int = 0,
@@ -172,6 +166,11 @@ def tiny_cross_config(data_dir, model_dir, candidates, **overrides):
   config.eval_batch_size = 8
   config.evals.splits = ()
   config.mesh = [("data", 4), ("fsdp", 2)]
+  return _override(config, overrides)
+
+
+def _override(config, overrides):
+  """Sets each key ("name" or "section.name") of overrides on config."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

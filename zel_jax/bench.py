@@ -3,6 +3,7 @@
   python -m zel_jax.bench index [--sizes=100000,1000000] [--dim=384] [--queries=2000]
   python -m zel_jax.bench train [--batch_size=32 --mention_length=128 --entity_length=128]
   python -m zel_jax.bench encode [--data=data/foldoc --world=foldoc --encode_length=128]
+  python -m zel_jax.bench rerank [--data=data/foldoc --rerank_mentions=256 --rerank_k=16]
 
 train: pairs/s of the jitted bi-encoder update (MiniLM-L6, two towers, in-batch loss, AdamW,
 clipping) against the same model and batch in PyTorch (transformers' BertModel) in the same
@@ -10,6 +11,10 @@ run, and the step's FLOP/s (XLA's cost analysis) as a fraction of a plain jitted
 encode: the whole knowledge-base embedding pass of a world (tokenize, batch, encode; rows
 sorted by length and cut to 8-token buckets) against BLINK's pass that pads every entity to
 the maximum length, in entities/s.
+rerank: cross-encoder scoring of real FOLDOC test mentions, each against k entities of its
+world, at BLINK's lengths (128 + 128 -> 255-token pairs): zel_jax's length-bucketed pass
+(score_candidates) against BLINK's PyTorch pass that pads every pair to 256 tokens, in
+candidates/s, same encoder (MiniLM-L6 + a linear score on [CLS]).
 
 index: candidate stores on clustered synthetic embeddings (see `clustered_embeddings`). For
 each size, exact brute force (numpy BLAS matmul + argpartition) gives the ground truth and the
@@ -68,6 +73,10 @@ _DATA = flags.DEFINE_string("data", "", "encode: ZESHEL-layout directory (defaul
 _WORLD = flags.DEFINE_string("world", "foldoc", "encode: the world whose entities to embed.")
 _ENCODE_LENGTH = flags.DEFINE_integer("encode_length", 128, "encode: entity tokens.")
 _ENCODE_BATCH = flags.DEFINE_integer("encode_batch_size", 32, "encode: entities per batch.")
+_RERANK_MENTIONS = flags.DEFINE_integer("rerank_mentions", 256, "rerank: test mentions scored.")
+_RERANK_K = flags.DEFINE_integer("rerank_k", 16, "rerank: candidates per mention.")
+_RERANK_BATCH = flags.DEFINE_integer("rerank_batch_size", 2,
+                                     "rerank: mentions per batch (x k pairs).")
 
 
 # ----------------------------------------------------------------------------- data
@@ -493,23 +502,107 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
           "max_abs_difference": agreement, "torch_threads": torch.get_num_threads()}
 
 
+# ------------------------------------------------------------------------------------------
+# rerank: cross-encoder scoring throughput.
+
+
+def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: int
+                 ) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from configs import blink_crossencoder  # pylint: disable=g-import-not-at-top
+  from zel_jax.data import examples, zeshel  # pylint: disable=g-import-not-at-top
+  from zel_jax.data import features as features_lib  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import crossencoder as trainer  # pylint: disable=g-import-not-at-top
+
+  config = blink_crossencoder.get_config("variant=base")
+  config.model.pretrained = model_name
+  mesh = sharding.make_mesh(config.mesh)
+  model, featurizer = trainer.build_model(config, mesh)
+  params = trainer.pretrained_params(config, model, trainer.param_shardings(config, model, mesh),
+                                     jax.random.PRNGKey(0))
+  dataset = zeshel.ZeshelDataset(data)
+  world = "foldoc" if "foldoc" in dataset.worlds() else dataset.worlds()[0]
+  entities = examples.world_entities(dataset, world, featurizer, config.data.entity_length)
+  test = examples.mention_set(dataset, "test", featurizer, config.data.mention_length,
+                              {world: entities}, worlds=[world])
+  rng = np.random.default_rng(0)
+  index = np.sort(rng.choice(len(test), min(mentions, len(test)), replace=False))
+  mention_feats = {name: v[index] for name, v in test.features.items()}
+  rows = rng.integers(0, len(entities.ids), (len(index), k))
+  rows[:, 0] = test.gold_rows[index]
+  pairs = len(index) * k
+  length = trainer.pair_length(config)
+
+  def zel_pass():
+    return trainer.score_candidates(model, params, mention_feats, entities.features, rows,
+                                    config, mesh, batch_size, desc="")
+
+  zel_pass()  # Compiles every bucket this set needs.
+  t = time.perf_counter()
+  zel_scores = zel_pass()
+  zel_s = time.perf_counter() - t
+
+  from transformers import BertModel  # pylint: disable=g-import-not-at-top
+  tower = BertModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
+  linear = torch.nn.Linear(tower.config.hidden_size, 1)
+  with torch.no_grad():
+    linear.weight.copy_(torch.from_numpy(np.asarray(params["score"]["kernel"]).T))
+    linear.bias.copy_(torch.from_numpy(np.asarray(params["score"]["bias"])))
+  t = time.perf_counter()
+  torch_scores = []
+  with torch.inference_mode():
+    for start in range(0, len(index), batch_size):
+      sel = np.arange(start, min(start + batch_size, len(index)))
+      # BLINK: every pair padded to max_seq_length (256; the pairs here hold at most 255).
+      feats = features_lib.cross_features(
+          mention_feats["input_ids"][sel], mention_feats["attention_mask"][sel],
+          entities.features["input_ids"][rows[sel]],
+          entities.features["attention_mask"][rows[sel]], length + 1)
+      flat = {name: torch.tensor(v.reshape(-1, length + 1), dtype=torch.long)
+              for name, v in feats.items()}
+      cls = tower(**flat).last_hidden_state[:, 0]
+      torch_scores.append(linear(cls)[:, 0].reshape(len(sel), k))
+  torch_s = time.perf_counter() - t
+  torch_scores = torch.cat(torch_scores).numpy()
+  real = (mention_feats["attention_mask"].sum(1)[:, None]
+          + entities.features["attention_mask"][rows].sum(2) - 1)
+  return {"world": world, "mentions": int(len(index)), "candidates_per_mention": k,
+          "pair_length": length + 1, "real_token_fraction": round(float(real.mean()) /
+                                                                  (length + 1), 3),
+          "zel_candidates_per_s": round(pairs / zel_s, 1),
+          "torch_candidates_per_s": round(pairs / torch_s, 1),
+          "ratio": round(torch_s / zel_s, 3),
+          "max_abs_difference": float(np.max(np.abs(torch_scores - zel_scores))),
+          "devices": jax.device_count(), "torch_threads": torch.get_num_threads()}
+
+
+def _data_dir() -> str:
+  """--data, or the FOLDOC world (built under data/foldoc if absent)."""
+  if _DATA.value:
+    return _DATA.value
+  from zel_jax import quickstart  # pylint: disable=g-import-not-at-top
+  return quickstart.fetch_foldoc("data/foldoc")
+
+
+def run_rerank() -> dict[str, Any]:
+  return bench_rerank(_data_dir(), _MODEL.value, _RERANK_MENTIONS.value, _RERANK_K.value,
+                      _RERANK_BATCH.value)
+
+
 def run_train() -> dict[str, Any]:
   return bench_train(_MODEL.value, _BATCH.value, _MENTION_LENGTH.value, _ENTITY_LENGTH.value,
                      _SECONDS.value)
 
 
 def run_encode() -> dict[str, Any]:
-  data = _DATA.value
-  if not data:
-    from zel_jax import quickstart  # pylint: disable=g-import-not-at-top
-    data = quickstart.fetch_foldoc("data/foldoc")
-  return bench_encode(data, _WORLD.value, _MODEL.value, _ENCODE_LENGTH.value,
+  return bench_encode(_data_dir(), _WORLD.value, _MODEL.value, _ENCODE_LENGTH.value,
                       _ENCODE_BATCH.value)
 
 
 # Subcommands: name -> function returning the JSON object printed as the last stdout line.
 COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
-    "index": run_index, "train": run_train, "encode": run_encode}
+    "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank}
 
 
 def main(argv: Sequence[str]) -> None:

@@ -24,7 +24,7 @@ from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
 from zel_jax.data import zeshel
-from zel_jax.models import bert, biencoder
+from zel_jax.models import biencoder
 from zel_jax.trainers import loop
 
 CONFIG_FILE = loop.CONFIG_FILE
@@ -36,14 +36,7 @@ CONFIG_FILE = loop.CONFIG_FILE
 
 def build_model(config, mesh) -> tuple[biencoder.BiEncoder, features_lib.Featurizer]:
   """The bi-encoder and its featurizer (tokenizer + markers) from config.model / config.data."""
-  path = bert.resolve_pretrained(config.model.pretrained)
-  featurizer = features_lib.Featurizer(bert.load_tokenizer(path),
-                                       use_unused_markers=config.data.use_unused_markers)
-  bert_config = bert.load_config(path).replace(
-      hidden_dropout=config.model.hidden_dropout,
-      attention_dropout=config.model.attention_dropout)
-  if featurizer.vocab_size > bert_config.vocab_size:
-    bert_config = bert_config.replace(vocab_size=featurizer.vocab_size)
+  bert_config, featurizer = loop.bert_and_featurizer(config)
   model = biencoder.BiEncoder(
       bert_config, pooling=config.model.pooling, share_towers=config.model.share_towers,
       dtype=jnp.dtype(config.model.dtype), remat=config.model.remat or None,
@@ -65,20 +58,9 @@ def random_params(model, shardings, rng):
 def pretrained_params(config, model, shardings, rng):
   """Each tower starts from config.model.pretrained; marker rows are appended when the
   vocabulary grew (use_unused_markers=False)."""
-  path = bert.resolve_pretrained(config.model.pretrained)
-  checkpoint_vocab = bert.load_config(path).vocab_size
-  tower = bert.BertModel(model.config.replace(vocab_size=checkpoint_vocab))
-  params = {}
-  for name in biencoder.tower_names(model):
-    tower_shardings = shardings[name]
-    if model.config.vocab_size != checkpoint_vocab:
-      loaded = bert.load_params(path, tower)
-      loaded = bert.grow_embeddings(loaded, model.config.vocab_size,
-                                    jax.random.fold_in(rng, hash(name) % 2**31))
-      params[name] = jax.device_put(loaded, tower_shardings)
-    else:
-      params[name] = bert.load_params(path, tower, shardings=tower_shardings)
-  return params
+  return {name: loop.pretrained_bert(config, model.config, shardings[name],
+                                     jax.random.fold_in(rng, i))
+          for i, name in enumerate(biencoder.tower_names(model))}
 
 
 save_config, load_config = loop.save_config, loop.load_config
@@ -141,6 +123,17 @@ def training_data(config, dataset: zeshel.ZeshelDataset, featurizer) -> Training
       np.concatenate([[w] * len(entities[w].ids) for w in worlds]),
       np.concatenate([entities[w].ids for w in worlds]),
       [m.mention_id for m in mentions.mentions])
+
+
+def evaluate_splits(config, dataset, workdir, model, params, featurizer, mesh
+                    ) -> dict[str, Any]:
+  """Recall on config.evals.splits after training; candidates and reports in the workdir."""
+  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
+  return loop.evaluate_splits(config, dataset, workdir, lambda split: (
+      evaluate.evaluate_biencoder(
+          model, params, featurizer, dataset, split, config, mesh,
+          store=config.evals.store, top_k=config.evals.top_k,
+          candidates_path=os.path.join(workdir, "candidates", f"{split}.jsonl"))))
 
 
 def _first_negatives(candidates: np.ndarray, gold: np.ndarray, k: int) -> np.ndarray:
@@ -284,16 +277,5 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if outcome.preempted:
     return {"preempted_at": outcome.step, **outcome.last}
 
-  reports = {}
-  if config.evals.splits:
-    from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
-    for split in config.evals.splits:
-      if split not in dataset.splits():
-        logging.warning("no split %r in %s; not evaluated", split, config.data.dir)
-        continue
-      reports[split] = evaluate.evaluate_biencoder(
-          model, outcome.params, featurizer, dataset, split, config, mesh,
-          store=config.evals.store, top_k=config.evals.top_k,
-          candidates_path=os.path.join(workdir, "candidates", f"{split}.jsonl"))
-      loop.write_report(workdir, f"eval_{split}", reports[split])
+  reports = evaluate_splits(config, dataset, workdir, model, outcome.params, featurizer, mesh)
   return {**outcome.last, "evals": reports}

@@ -24,7 +24,7 @@ from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
 from zel_jax.data import zeshel
-from zel_jax.models import bert, crossencoder
+from zel_jax.models import crossencoder
 from zel_jax.trainers import loop
 
 
@@ -33,14 +33,7 @@ from zel_jax.trainers import loop
 
 
 def build_model(config, mesh) -> tuple[crossencoder.CrossEncoder, features_lib.Featurizer]:
-  path = bert.resolve_pretrained(config.model.pretrained)
-  featurizer = features_lib.Featurizer(bert.load_tokenizer(path),
-                                       use_unused_markers=config.data.use_unused_markers)
-  bert_config = bert.load_config(path).replace(
-      hidden_dropout=config.model.hidden_dropout,
-      attention_dropout=config.model.attention_dropout)
-  if featurizer.vocab_size > bert_config.vocab_size:
-    bert_config = bert_config.replace(vocab_size=featurizer.vocab_size)
+  bert_config, featurizer = loop.bert_and_featurizer(config)
   model = crossencoder.CrossEncoder(
       bert_config, dtype=jnp.dtype(config.model.dtype), remat=config.model.remat or None,
       activation_sharding=sharding.activation_sharding(mesh, config.sharding.batch_axes))
@@ -61,15 +54,8 @@ def pretrained_params(config, model, shardings, rng):
   """The encoder from config.model.pretrained (marker rows appended if the vocabulary grew),
   the score layer freshly initialized."""
   params = random_params(model, shardings, rng)
-  path = bert.resolve_pretrained(config.model.pretrained)
-  checkpoint_vocab = bert.load_config(path).vocab_size
-  tower = bert.BertModel(model.config.replace(vocab_size=checkpoint_vocab))
-  if model.config.vocab_size != checkpoint_vocab:
-    loaded = bert.grow_embeddings(bert.load_params(path, tower), model.config.vocab_size,
-                                  jax.random.fold_in(rng, 7))
-    params["encoder"] = jax.device_put(loaded, shardings["encoder"])
-  else:
-    params["encoder"] = bert.load_params(path, tower, shardings=shardings["encoder"])
+  params["encoder"] = loop.pretrained_bert(config, model.config, shardings["encoder"],
+                                           jax.random.fold_in(rng, 1))
   return params
 
 
@@ -168,47 +154,25 @@ def score_candidates(model, params, mention_features: dict[str, np.ndarray],
   """Cross-encoder scores [M, K] of every mention's candidate rows into entity_features
   (-inf in empty slots).
 
-  Mentions go longest first in global batches of `batch_size` on the mesh; each batch is
-  cut to its longest pair rounded up to `bucket` tokens, so padding is not computed and
-  only length / bucket shapes compile.
+  Mentions go longest pair first in global batches of `batch_size` mentions on the mesh,
+  each cut to its longest pair rounded up to `bucket` tokens (evaluate.sorted_batches).
   """
+  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
   score = scorer(model)
   batch_axes = config.sharding.batch_axes
   length = pair_length(config)
-  n, k = rows.shape
-  shards = int(np.prod([mesh.shape[a] for a in batch_axes if a in mesh.shape]))
-  per_process = jax.process_count()
-  unit = int(np.lcm(shards, per_process))
-  batch_size = max(unit, -(-batch_size // unit) * unit)
-  local = batch_size // per_process
-  first = jax.process_index() * local
   pair_tokens = (mention_features["attention_mask"].sum(1)[:, None]
                  + entity_features["attention_mask"][np.maximum(rows, 0)].sum(2) - 1)
-  longest = np.minimum(pair_tokens.max(1), length)
-  order = np.argsort(-longest, kind="stable")
-  out = np.full((n, k), -np.inf, np.float32)
-  bar = None
-  if jax.process_index() == 0 and n > 4 * batch_size:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=n, desc=desc, unit="mention", mininterval=2.0, leave=False)
-  for start in range(0, n, batch_size):
-    index = order[start:start + batch_size]
-    width = int(min(length, -(-int(longest[index].max()) // bucket) * bucket))
-    take = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
-    mine = take[first:first + local]
+  out = np.full(rows.shape, -np.inf, np.float32)
+  batches = evaluate.sorted_batches(np.minimum(pair_tokens.max(1), length), length, batch_size,
+                                    mesh, batch_axes, bucket, desc)
+  for index, mine, width in batches:
     feats = pair_features(mention_features, entity_features, mine, rows[mine], length)
     batch = sharding.global_batch({name: np.ascontiguousarray(v[..., :width])
                                    for name, v in feats.items()}, mesh, batch_axes)
     scores = score(params, batch["input_ids"], batch["attention_mask"],
                    batch["token_type_ids"])
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      scores = multihost_utils.process_allgather(scores, tiled=True)
-    out[index] = np.asarray(scores, np.float32)[:len(index)]
-    if bar is not None:
-      bar.update(len(index))
-  if bar is not None:
-    bar.close()
+    out[index] = evaluate.gather(scores).astype(np.float32)[:len(index)]
   out[rows < 0] = -np.inf
   return out
 
@@ -290,15 +254,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if outcome.preempted:
     return {"preempted_at": outcome.step, **outcome.last}
 
-  reports = {}
-  for split in config.evals.splits:
-    if split not in dataset.splits():
-      logging.warning("no split %r in %s; not evaluated", split, config.data.dir)
-      continue
+  def evaluate_split(split):
     data = rerank_set(config, dataset, featurizer, split,
                       candidates_lib.path_of(config.data.candidates, split))
-    reports[split] = evaluate_rerank(
-        model, outcome.params, data, config, mesh, split,
-        candidates_path=os.path.join(workdir, "candidates", f"{split}.jsonl"))
-    loop.write_report(workdir, f"eval_{split}", reports[split])
+    return evaluate_rerank(model, outcome.params, data, config, mesh, split,
+                           candidates_path=os.path.join(workdir, "candidates", f"{split}.jsonl"))
+
+  reports = loop.evaluate_splits(config, dataset, workdir, evaluate_split)
   return {**outcome.last, "evals": reports}

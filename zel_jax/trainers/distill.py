@@ -149,15 +149,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if outcome.preempted:
     return {"preempted_at": outcome.step, **outcome.last}
 
-  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
-  reports = {}
-  for split in config.evals.splits:
-    if split not in dataset.splits():
-      logging.warning("no split %r in %s; not evaluated", split, config.data.dir)
-      continue
-    reports[split] = evaluate.evaluate_biencoder(
-        model, outcome.params, featurizer, dataset, split, config, mesh,
-        store=config.evals.store, top_k=config.evals.top_k,
-        candidates_path=os.path.join(workdir, "candidates", f"{split}.jsonl"))
-    loop.write_report(workdir, f"eval_{split}", reports[split])
+  reports = bi_trainer.evaluate_splits(config, dataset, workdir, model, outcome.params,
+                                       featurizer, mesh)
   return {**outcome.last, "evals": reports}

@@ -26,7 +26,9 @@ import optax
 
 from zel_jax import checkpoint as checkpoint_lib
 from zel_jax import metrics, optim, sharding
+from zel_jax.data import features as features_lib
 from zel_jax.data import pipeline
+from zel_jax.models import bert
 
 CONFIG_FILE = "config.json"
 
@@ -58,7 +60,34 @@ class Recipe:
 
 
 # ------------------------------------------------------------------------------------------
-# Configs and parameters.
+# Configs, encoders and parameters.
+
+
+def bert_and_featurizer(config) -> tuple[bert.BertConfig, features_lib.Featurizer]:
+  """The BERT config of config.model.pretrained (dropouts from config.model, the vocabulary
+  grown when the markers are new tokens) and its featurizer."""
+  path = bert.resolve_pretrained(config.model.pretrained)
+  featurizer = features_lib.Featurizer(bert.load_tokenizer(path),
+                                       use_unused_markers=config.data.use_unused_markers)
+  bert_config = bert.load_config(path).replace(
+      hidden_dropout=config.model.hidden_dropout,
+      attention_dropout=config.model.attention_dropout)
+  if featurizer.vocab_size > bert_config.vocab_size:
+    bert_config = bert_config.replace(vocab_size=featurizer.vocab_size)
+  return bert_config, featurizer
+
+
+def pretrained_bert(config, bert_config: bert.BertConfig, shardings, rng):
+  """One BERT's parameters from config.model.pretrained, read into `shardings`; when the
+  vocabulary grew, the marker rows are appended (drawn from rng: the same on every
+  process)."""
+  path = bert.resolve_pretrained(config.model.pretrained)
+  checkpoint_vocab = bert.load_config(path).vocab_size
+  tower = bert.BertModel(bert_config.replace(vocab_size=checkpoint_vocab))
+  if bert_config.vocab_size == checkpoint_vocab:
+    return bert.load_params(path, tower, shardings=shardings)
+  grown = bert.grow_embeddings(bert.load_params(path, tower), bert_config.vocab_size, rng)
+  return jax.device_put(grown, shardings)
 
 
 def save_config(config, workdir: str) -> None:
@@ -313,6 +342,20 @@ def _flush(pending, writer, step, tick, tick_step, batch_size) -> dict[str, Any]
   record["steps_per_s"] = (step - tick_step) / elapsed
   writer.write(step, record)
   return record
+
+
+def evaluate_splits(config, dataset, workdir: str,
+                    evaluate_split: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+  """Runs evaluate_split on each of config.evals.splits the dataset has, writing each report
+  to workdir/eval_<split>.json; returns {split: report}."""
+  reports = {}
+  for split in config.evals.splits:
+    if split not in dataset.splits():
+      logging.warning("no split %r in %s; not evaluated", split, config.data.dir)
+      continue
+    reports[split] = evaluate_split(split)
+    write_report(workdir, f"eval_{split}", reports[split])
+  return reports
 
 
 def write_report(workdir: str, name: str, report: dict[str, Any]) -> None:
