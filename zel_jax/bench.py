@@ -10,7 +10,7 @@ clipping) against the same model and batch in PyTorch (transformers' BertModel) 
 run, and the step's FLOP/s (XLA's cost analysis) as a fraction of a plain jitted matmul's.
 encode: the whole knowledge-base embedding pass of a world (tokenize, batch, encode; rows
 sorted by length and cut to 8-token buckets) against BLINK's pass that pads every entity to
-the maximum length, in entities/s.
+the maximum length, in entities/s; the two alternate over quarters of the world.
 rerank: cross-encoder scoring of real FOLDOC test mentions, each against k entities of its
 world, at BLINK's lengths (128 + 128 -> 255-token pairs): zel_jax's length-bucketed pass
 (score_candidates) against BLINK's PyTorch pass that pads every pair to 256 tokens, in
@@ -472,26 +472,43 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
     evaluate.embed_rows(encode_entities, params, w, mesh, batch_size)
   compile_s = time.perf_counter() - t
 
-  t = time.perf_counter()
-  feats = featurizer.entity_features([e.title for e in entities], [e.text for e in entities],
-                                     length)
-  zel_emb = evaluate.embed_rows(encode_entities, params, feats, mesh, batch_size)
-  zel_s = time.perf_counter() - t
-
   from transformers import BertModel  # pylint: disable=g-import-not-at-top
   tower = BertModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
-  t = time.perf_counter()
-  # BLINK's pass: every entity padded to the maximum length, fixed batches, [CLS] state.
-  padded = featurizer.entity_features([e.title for e in entities], [e.text for e in entities],
-                                      length)
-  torch_emb = []
-  with torch.inference_mode():
-    for start in range(0, len(entities), batch_size):
-      ids = torch.tensor(padded["input_ids"][start:start + batch_size], dtype=torch.long)
-      mask = torch.tensor(padded["attention_mask"][start:start + batch_size], dtype=torch.long)
-      torch_emb.append(tower(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0])
-  torch_emb = torch.cat(torch_emb).numpy()
-  torch_s = time.perf_counter() - t
+
+  def zel_pass(part):
+    feats = featurizer.entity_features([e.title for e in part], [e.text for e in part], length)
+    return evaluate.embed_rows(encode_entities, params, feats, mesh, batch_size), feats
+
+  def torch_pass(part):
+    # BLINK's pass: every entity padded to the maximum length, fixed batches, [CLS] state.
+    padded = featurizer.entity_features([e.title for e in part], [e.text for e in part],
+                                        length)
+    out = []
+    with torch.inference_mode():
+      for start in range(0, len(part), batch_size):
+        ids = torch.tensor(padded["input_ids"][start:start + batch_size], dtype=torch.long)
+        mask = torch.tensor(padded["attention_mask"][start:start + batch_size],
+                            dtype=torch.long)
+        out.append(tower(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0])
+    return torch.cat(out).numpy()
+
+  # The two passes alternate over 4 random quarters of the world, so that a change in the
+  # machine's speed during the run (shared hosts) weighs on both alike.
+  quarters = np.array_split(np.random.default_rng(0).permutation(len(entities)), 4)
+  zel_s = torch_s = 0.0
+  zel_emb, torch_emb, masks = [], [], []
+  for quarter in quarters:
+    part = [entities[i] for i in quarter]
+    t = time.perf_counter()
+    emb, feats = zel_pass(part)
+    zel_s += time.perf_counter() - t
+    t = time.perf_counter()
+    torch_emb.append(torch_pass(part))
+    torch_s += time.perf_counter() - t
+    zel_emb.append(emb)
+    masks.append(feats["attention_mask"])
+  zel_emb, torch_emb = np.concatenate(zel_emb), np.concatenate(torch_emb)
+  feats = {"attention_mask": np.concatenate(masks)}
   agreement = float(np.max(np.abs(torch_emb - zel_emb)))
   real_tokens = int(feats["attention_mask"].sum())
   return {"world": world, "entities": len(entities), "length": length,
