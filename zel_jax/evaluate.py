@@ -27,6 +27,7 @@ from zel_jax import metrics, sharding
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import zeshel
 from zel_jax.models import biencoder
+from zel_jax.trainers import loop
 
 KS = (1, 2, 4, 8, 16, 32, 50, 64, 100)
 
@@ -359,7 +360,7 @@ def run(workdir: str, data: str | None, split: str, store: str, world: str | Non
         candidates: str | None = None) -> dict[str, Any]:
   """The CLI's work as a function (notebooks, the quickstart)."""
   from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
-  config = trainer.load_config(workdir)
+  config = loop.load_config(workdir)
   data = data or config.data.dir
   if config.get("trainer") == "crossencoder":
     if baseline:

@@ -31,6 +31,7 @@ import numpy as np
 from zel_jax import evaluate, metrics, sharding
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import zeshel
+from zel_jax.trainers import loop
 
 
 class Linker:
@@ -39,7 +40,7 @@ class Linker:
   def __init__(self, workdir: str, data: str | None, world: str, store: str = "exact",
                untrained: bool = False):
     from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
-    self.config = trainer.load_config(workdir)
+    self.config = loop.load_config(workdir)
     self.dataset = zeshel.ZeshelDataset(data or self.config.data.dir)
     if world not in self.dataset.worlds():
       raise ValueError(f"unknown world {world!r}; worlds: {self.dataset.worlds()}")
@@ -135,7 +136,6 @@ class Reranker:
 
   def __init__(self, workdir: str):
     from zel_jax.trainers import crossencoder as trainer  # pylint: disable=g-import-not-at-top
-    from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
     self.config = loop.load_config(workdir)
     if self.config.get("trainer") != "crossencoder":
       raise ValueError(f"--rerank={workdir!r} is not a cross-encoder workdir (its trainer is "

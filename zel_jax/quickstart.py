@@ -79,6 +79,7 @@ def main(argv):
   import configs.blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
   from zel_jax import evaluate, link  # pylint: disable=g-import-not-at-top
   from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   data = fetch_foldoc(_DATA.value)
@@ -88,7 +89,7 @@ def main(argv):
     config.num_train_steps = _STEPS.value
   config.evals.splits = ()  # Evaluated below, next to the baselines.
   workdir = os.path.abspath(_WORKDIR.value)
-  trainer.save_config(config, workdir)
+  loop.save_config(config, workdir)
 
   rows = {}
   print("evaluating BM25 and the untrained encoder on FOLDOC test ...", flush=True)

@@ -27,9 +27,6 @@ from zel_jax.data import zeshel
 from zel_jax.models import biencoder
 from zel_jax.trainers import loop
 
-CONFIG_FILE = loop.CONFIG_FILE
-
-
 # ------------------------------------------------------------------------------------------
 # Model, parameters, shardings.
 
@@ -61,9 +58,6 @@ def pretrained_params(config, model, shardings, rng):
   return {name: loop.pretrained_bert(config, model.config, shardings[name],
                                      jax.random.fold_in(rng, i))
           for i, name in enumerate(biencoder.tower_names(model))}
-
-
-save_config, load_config = loop.save_config, loop.load_config
 
 
 def restore_params(workdir: str, config, model, mesh, step: int | None = None):
@@ -229,7 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     raise ValueError("config.data.dir is empty: pass --config.data.dir=A_ZESHEL_DIRECTORY")
   if config.loss not in ("in_batch", "hard_negatives"):
     raise ValueError(f"config.loss {config.loss!r} is not 'in_batch' or 'hard_negatives'")
-  save_config(config, workdir)
+  loop.save_config(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s; %d processes", dict(mesh.shape), jax.process_count())
   model, featurizer = build_model(config, mesh)
