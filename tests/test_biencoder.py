@@ -2,7 +2,6 @@
 losses, training, kill/resume, hard negatives, evaluation and linking."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp

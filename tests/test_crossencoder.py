@@ -68,7 +68,7 @@ def test_distillation_by_hand():
   p_t = np.exp(_log_softmax(teacher / t))
   kl = (p_t * (_log_softmax(teacher / t) - _log_softmax(student / t))).sum(-1)
   hard = -_log_softmax(student)[np.arange(2), labels]
-  expected = np.mean((1 - weight) * hard + weight * kl)
+  expected = np.mean((1 - weight) * hard + weight * t**2 * kl)
   got = losses.distillation(jnp.asarray(student), jnp.asarray(teacher), jnp.asarray(labels),
                             weight=weight, temperature=t)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -86,7 +86,7 @@ def test_distillation_by_hand():
   s2, t2 = student[:, :2], teacher[:, :2]
   kl2 = (np.exp(_log_softmax(t2 / t)) * (_log_softmax(t2 / t) - _log_softmax(s2 / t))).sum(-1)
   hard2 = -_log_softmax(s2)[np.arange(2), [0, 1]]
-  np.testing.assert_allclose(masked, np.mean((1 - weight) * hard2 + weight * kl2), rtol=1e-5)
+  np.testing.assert_allclose(masked, np.mean((1 - weight) * hard2 + weight * t**2 * kl2), rtol=1e-5)
 
 
 # -- the gold-insertion rule ----------------------------------------------------------------

@@ -16,18 +16,21 @@ TOPICS = ["kernel", "compiler", "parser", "router", "database", "scheduler", "ca
           "thread", "buffer", "linker", "shell", "editor", "network", "protocol", "server"]
 
 
-def write_world(root: pathlib.Path, world: str = "computing", mentions_per_split=(48, 16, 16)
-                ) -> pathlib.Path:
-  """Entities "the X" with one-sentence descriptions; each mention is an entity title inside
-  another entity's description-like context document."""
+def write_world(root: pathlib.Path, world: str = "computing", mentions_per_split=(48, 16, 16),
+                sentences: int = 1) -> pathlib.Path:
+  """Entities "the X" with descriptions of `sentences` sentences (more than one makes several
+  MVD views); each mention is an entity title inside another entity's description-like
+  context document."""
   (root / "documents").mkdir(parents=True, exist_ok=True)
   (root / "mentions").mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
   docs = []
   for i, topic in enumerate(TOPICS):
+    extra = "".join(f" It works with the {TOPICS[(i + j + 1) % len(TOPICS)]} in step {j} ."
+                    for j in range(sentences - 1))
     docs.append({"document_id": f"E{i:03d}", "title": topic,
                  "text": f"{topic} {topic} is a part of a computer system that handles "
-                         f"{topic} work ."})
+                         f"{topic} work .{extra}"})
   contexts = []
   for j in range(40):
     words = rng.choice(TOPICS, size=6).tolist()
@@ -178,3 +181,29 @@ def _override(config, overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def tiny_mvd_config(data_dir, model_dir, stage: str, **overrides):
+  import configs.mvd as recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.get_config(f"runlocal,stage={stage}")
+  config.data.dir = str(data_dir)
+  config.model.pretrained = str(model_dir)
+  config.data.mention_length = 12
+  config.data.entity_length = 24
+  config.mvd.view_length = 12
+  config.mvd.train_views = 3
+  config.mvd.num_candidates = 4
+  config.mvd.top_n = 8
+  config.model.pooling = "mean"
+  config.model.hidden_dropout = 0.0
+  config.model.attention_dropout = 0.0
+  config.batch_size = 8
+  config.num_train_steps = 12
+  config.log_every = 2
+  config.checkpoint_every = 6
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_fraction = 0.0
+  config.eval_batch_size = 16
+  config.evals.splits = ()
+  config.mesh = [("data", 4), ("fsdp", 2)]
+  return _override(config, overrides)

@@ -372,7 +372,9 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
   compiled = update.lower(params, opt_state, jnp.int32(0), batch, rng).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  step_flops = float(cost.get("flops", 0.0))
+  # XLA's cost analysis counts one device's partition of the SPMD program; the batch is
+  # split evenly over the devices, so the step's work is that times the device count.
+  step_flops = float(cost.get("flops", 0.0)) * jax.device_count()
 
   def zel_step(state):
     p, o = state

@@ -25,9 +25,14 @@ import numpy as np
 
 from zel_jax import metrics, sharding
 from zel_jax.data import examples as examples_lib
+from zel_jax.data import features as features_lib
 from zel_jax.data import zeshel
+from zel_jax.index import views as views_lib
 from zel_jax.models import biencoder
 from zel_jax.trainers import loop
+
+# What a store holds per entity: its whole input (BLINK) and/or MVD's local views.
+_VIEWS = ("global", "local", "global+local")
 
 KS = (1, 2, 4, 8, 16, 32, 50, 64, 100)
 
@@ -189,14 +194,15 @@ def store_path(workdir: str, world: str, step: Any, kind: str) -> str:
   return os.path.join(workdir, "stores", f"{world}.{step}.{kind}")
 
 
-def build_store(kind: str, embeddings: np.ndarray, mesh=None):
-  """A candidate store over one world's entity embeddings (row numbers as ids)."""
+def build_store(kind: str, embeddings: np.ndarray, mesh=None, ids: np.ndarray | None = None):
+  """A candidate store over one world's entity embeddings (ids: row numbers by default; the
+  entity row of each view for a store of views)."""
   from zel_jax import index  # pylint: disable=g-import-not-at-top
   name = {"exact": "numpy"}.get(kind, kind)
   cls = index.store_class(name)
   if name == "device":
-    return cls.build(embeddings, None, mesh=mesh)
-  return cls.build(embeddings, None)
+    return cls.build(embeddings, ids, mesh=mesh)
+  return cls.build(embeddings, ids)
 
 
 # ------------------------------------------------------------------------------------------
@@ -245,10 +251,19 @@ def _worlds_of(dataset: zeshel.ZeshelDataset, split: str, world: str | None) -> 
 def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset, split: str,
                        config, mesh, *, store: str = "exact", top_k: int = 100,
                        world: str | None = None, candidates_path: str | None = None,
-                       store_paths: Callable[[str], str] | None = None) -> dict[str, Any]:
+                       store_paths: Callable[[str], str] | None = None,
+                       views: str = "global") -> dict[str, Any]:
   """Encodes each world's entities, retrieves top_k per mention from its own world's store,
   and reports recall@k; writes the candidates when candidates_path is given, and each
-  world's store to store_paths(world) when given (zel_jax.link then loads it)."""
+  world's store to store_paths(world) when given (zel_jax.link then loads it).
+
+  views: what the store holds for each entity: "global" (one vector of the whole entity
+  input, BLINK), or MVD's "local" views (config.mvd's view length) or "global+local"; with
+  local views an entity scores at its best view and is returned once."""
+  if views not in _VIEWS:
+    raise ValueError(f"views={views!r}: one of {_VIEWS}")
+  if views != "global" and "mvd" not in config:
+    raise ValueError(f"views={views!r} needs a config with an mvd section (configs/mvd.py)")
   window = None if config.data.window_words < 0 else config.data.window_words
   encode_mentions, encode_entities = encoders(model)
   batch_axes = config.sharding.batch_axes
@@ -264,22 +279,43 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   all_rows = np.zeros((len(mentions), k), np.int64)
   all_scores = np.full((len(mentions), k), -np.inf, np.float32)
   sizes = {}
+  view_counts, store_bytes = {}, {}
   for w in worlds:
-    entity_emb = embed_rows(encode_entities, params, entities[w].features, mesh,
-                            config.eval_batch_size, batch_axes, desc=f"{w} entities")
-    sizes[w] = len(entity_emb)
-    index = build_store(store, entity_emb, mesh)
+    n = len(entities[w].ids)
+    tables, owners = [], []
+    if "global" in views.split("+"):
+      tables.append(embed_rows(encode_entities, params, entities[w].features, mesh,
+                               config.eval_batch_size, batch_axes, desc=f"{w} entities"))
+      owners.append(np.arange(n))
+    if "local" in views.split("+"):
+      local = features_lib.view_features(featurizer, entities[w].titles, entities[w].texts,
+                                         int(config.mvd.view_length), 0,
+                                         int(config.mvd.min_view_tokens))
+      tables.append(embed_rows(encode_entities, params, local, mesh, config.eval_batch_size,
+                               batch_axes, desc=f"{w} views"))
+      owners.append(local["entity"])
+    table, owner = np.concatenate(tables), np.concatenate(owners)
+    sizes[w], view_counts[w] = n, len(owner)
+    index = build_store(store, table, mesh, ids=None if views == "global" else owner)
+    store_bytes[w] = int(index.size_bytes)
     if store_paths is not None and (store == "device" or jax.process_index() == 0):
       index.save(store_paths(w))  # A device store's save is collective.
     sel = np.flatnonzero(mentions.worlds == w)
     if len(sel):
-      kk = min(k, len(entity_emb))
-      scores, rows = index.search(mention_emb[sel], kk)
+      kk = min(k, n)
+      if views == "global":
+        scores, rows = index.search(mention_emb[sel], kk)
+      else:
+        scores, rows = views_lib.search_entities(index, mention_emb[sel], kk, num_entities=n)
       all_rows[sel, :kk], all_scores[sel, :kk] = rows, scores
       all_rows[sel, kk:] = -1
   ranks = gold_ranks(all_rows, mentions.gold_rows)
   report = recall_report(ranks, mentions.worlds, [m.category for m in mentions.mentions])
   report.update(split=split, store=store, entities=sizes, seconds=round(time.time() - t0, 1))
+  if views != "global":
+    report.update(views=views, vectors=view_counts, store_bytes=store_bytes,
+                  vectors_per_entity=round(sum(view_counts.values()) / max(sum(sizes.values()),
+                                                                            1), 3))
   if candidates_path:
     _write_world_candidates(candidates_path, mentions.mentions,
                       {w: e.ids for w, e in entities.items()}, all_rows, all_scores)

@@ -33,6 +33,23 @@ def in_batch_softmax(mention_emb: jax.Array, entity_emb: jax.Array,
   """
   scores = jnp.einsum("md,ed->me", mention_emb, entity_emb,
                       preferred_element_type=jnp.float32)
+  return _in_batch_from_scores(scores, entity_ids, valid)
+
+
+def in_batch_view_softmax(mention_emb: jax.Array, view_emb: jax.Array, view_valid: jax.Array,
+                          entity_ids: jax.Array | None = None,
+                          valid: jax.Array | None = None) -> jax.Array:
+  """MVD's warm-up loss: in_batch_softmax where mention i's score for entity j is the best of
+  j's views (Eq. 3). view_emb [B, S, D] are the views of each mention's gold entity,
+  view_valid [B, S] marks the real ones."""
+  scores = jnp.einsum("md,esd->mes", mention_emb, view_emb, preferred_element_type=jnp.float32)
+  return _in_batch_from_scores(
+      max_over_views(scores, jnp.broadcast_to(view_valid[None], scores.shape)), entity_ids,
+      valid)
+
+
+def _in_batch_from_scores(scores: jax.Array, entity_ids: jax.Array | None,
+                          valid: jax.Array | None) -> jax.Array:
   b = scores.shape[0]
   diagonal = jnp.eye(b, dtype=bool)
   keep = jnp.ones((b, b), bool)
@@ -95,9 +112,11 @@ def distillation(student_scores: jax.Array, teacher_scores: jax.Array, labels: j
   """Knowledge distillation of the cross-encoder into the bi-encoder (BLINK Sec. 5.4, after
   Hinton et al., 2015) over each mention's K candidates:
 
-    (1 - weight) * CE(softmax(student), gold) + weight * KL(p_T(teacher) || p_T(student))
+    (1 - weight) * CE(softmax(student), gold) + weight * T^2 * KL(p_T(teacher) || p_T(student))
 
-  with p_T = softmax(scores / temperature). The KL differs from the soft-target
+  with p_T = softmax(scores / T), T the temperature. The soft term's gradients shrink as 1/T^2,
+  so Hinton et al. scale it by T^2 to keep the weight's meaning the same at every temperature.
+  The KL differs from the soft-target
   cross-entropy only by the teacher's entropy, a constant: same gradients, and a value that
   is 0 when the student matches. The teacher gets no gradient.
   """
@@ -113,4 +132,60 @@ def distillation(student_scores: jax.Array, teacher_scores: jax.Array, labels: j
   log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
   # Masked slots have p_teacher = 0 exactly (exp of -1e9 / T underflows), so they add 0.
   kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
-  return _mean_over_valid((1.0 - weight) * hard + weight * kl, valid)
+  return _mean_over_valid((1.0 - weight) * hard + weight * temperature ** 2 * kl, valid)
+
+
+# ------------------------------------------------------------------------------------------
+# MVD (Liu et al., 2023): multi-view scores [B, C, S], C candidates of S views each.
+
+
+def max_over_views(scores: jax.Array, view_valid: jax.Array) -> jax.Array:
+  """An entity's score is its best view's (MVD Eq. 3): [B, C, S] -> [B, C]. Padding views
+  (view_valid False) never win; a candidate without any valid view scores _NEG."""
+  return jnp.max(jnp.where(view_valid.astype(bool), scores.astype(jnp.float32), _NEG), axis=-1)
+
+
+def _kl(log_p: jax.Array, log_q: jax.Array, keep: jax.Array) -> jax.Array:
+  """KL(p || q) over the last axis, slots outside `keep` counting for neither."""
+  return jnp.sum(jnp.where(keep, jnp.exp(log_p) * (log_p - log_q), 0.0), axis=-1)
+
+
+def mvd_alignment(student: jax.Array, teacher: jax.Array, view_valid: jax.Array,
+                  candidate_valid: jax.Array | None = None,
+                  valid: jax.Array | None = None,
+                  relevant_view: bool = True) -> tuple[jax.Array, jax.Array]:
+  """MVD's two distillation terms, teacher -> student (the teacher gets no gradient here; it
+  learns from its own gold loss):
+
+  cross-alignment (Eq. 5-7): over each mention's C candidates, KL(P_t || P_s) with
+    P_t = softmax_c(max_v teacher[c, v]) and P_s = softmax_c(student[c, v*_c]), v*_c the view
+    the **teacher** scores highest for candidate c (the relevant view);
+  self-alignment (Eq. 8-9): inside each candidate, over its views, KL(Q_t || Q_s) with
+    Q_t = softmax_v(teacher[c, v]) and Q_s = softmax_v(student[c, v]); averaged over the
+    valid candidates of a mention.
+
+  relevant_view=False reads the student at its own best view instead (the ablation "w/o
+  relevant-view alignment"). student, teacher [B, C, S]; view_valid [B, C, S];
+  candidate_valid [B, C]; valid [B].
+  Returns (cross, self), each the mean over valid mentions.
+  """
+  view_valid = view_valid.astype(bool)
+  if candidate_valid is None:
+    candidate_valid = jnp.any(view_valid, axis=-1)
+  candidate_valid = candidate_valid.astype(bool) & jnp.any(view_valid, axis=-1)
+  student = jnp.where(view_valid, student.astype(jnp.float32), _NEG)
+  teacher = jax.lax.stop_gradient(jnp.where(view_valid, teacher.astype(jnp.float32), _NEG))
+
+  chosen = jnp.argmax(teacher, axis=-1)  # [B, C]: the teacher's relevant view.
+  teacher_entity = jnp.where(candidate_valid, jnp.max(teacher, axis=-1), _NEG)
+  at = (jnp.take_along_axis(student, chosen[..., None], axis=-1)[..., 0] if relevant_view
+        else jnp.max(student, axis=-1))
+  student_entity = jnp.where(candidate_valid, at, _NEG)
+  cross = _kl(jax.nn.log_softmax(teacher_entity, axis=-1),
+              jax.nn.log_softmax(student_entity, axis=-1), candidate_valid)
+
+  per_candidate = _kl(jax.nn.log_softmax(teacher, axis=-1),
+                      jax.nn.log_softmax(student, axis=-1), view_valid)  # [B, C]
+  weight = candidate_valid.astype(jnp.float32)
+  self_ = (per_candidate * weight).sum(-1) / jnp.maximum(weight.sum(-1), 1.0)
+  return _mean_over_valid(cross, valid), _mean_over_valid(self_, valid)

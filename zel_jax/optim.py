@@ -45,4 +45,17 @@ def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformati
                            eps=config.get("eps", 1e-8),
                            weight_decay=float(config.get("weight_decay", 0.0)),
                            mask=decay_mask))
+  frozen = tuple(config.get("frozen", ()))
+  if frozen:
+    # After AdamW, so that weight decay leaves frozen parameters alone too.
+    parts.append(optax.masked(optax.set_to_zero(), lambda params: frozen_mask(params, frozen)))
   return optax.chain(*parts), schedule
+
+
+def frozen_mask(params: Any, frozen: tuple[str, ...]) -> Any:
+  """True for the leaves under any of the top-level keys `frozen`."""
+  missing = [k for k in frozen if k not in params]
+  if missing:
+    raise ValueError(f"optimizer.frozen names {missing}, not among the parameters "
+                     f"{sorted(params)}")
+  return {k: jax.tree_util.tree_map(lambda _: k in frozen, v) for k, v in params.items()}

@@ -86,3 +86,25 @@ def with_gold(rows: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarra
   rows[missed, last[missed]] = gold[missed]
   labels[missed] = last[missed]
   return rows, labels.astype(np.int32)
+
+
+def sample_with_gold(top_rows: np.ndarray, gold: np.ndarray, k: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """MVD's dynamic hard negatives: each mention's gold and k - 1 negatives drawn at random,
+  without replacement, from its retrieved top-N (top_rows [M, N], -1 for empty slots), the
+  gold never among them. The gold sits at a random position so that position carries no
+  signal. Returns rows [M, k] (-1 where a list has too few negatives) and label positions [M].
+  """
+  if k < 1:
+    raise ValueError(f"k must be at least 1 (the gold), got {k}")
+  m = len(gold)
+  rows = np.full((m, k), -1, np.int64)
+  labels = rng.integers(0, k, m)
+  for i in range(m):
+    pool = top_rows[i][(top_rows[i] >= 0) & (top_rows[i] != gold[i])]
+    pool = pool[np.sort(np.unique(pool, return_index=True)[1])]
+    negatives = rng.choice(pool, size=min(k - 1, len(pool)), replace=False)
+    others = [j for j in range(k) if j != labels[i]]
+    rows[i, labels[i]] = gold[i]
+    rows[i, others[:len(negatives)]] = negatives
+  return rows, labels
