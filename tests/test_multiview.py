@@ -288,6 +288,9 @@ def test_teacher_trains_on_static_candidates(teacher):
   assert np.mean(logged[-3:]) < np.mean(logged[:3])
   report = result["evals"]["test"]
   assert report["num_candidates"] == 4 and report["views_per_candidate"] == 3
+  from zel_jax import evaluate
+  again = evaluate.run(str(workdir), None, "test", "exact", None, None, 100)
+  assert again["normalized_accuracy"] == report["normalized_accuracy"]
   assert 0 <= report["unnormalized_accuracy"] <= report["normalized_accuracy"] <= 100
 
 
@@ -350,6 +353,17 @@ def test_joint_training_mines_and_distills(tiny, retriever, teacher, tmp_path):
   for row, label, gold in zip(rows, labels, data.gold):
     negatives = np.delete(row, label)
     assert gold not in negatives and len(set(negatives)) == 3
+  # The CLI's evaluation of the workdir: the student under each store layout, and linking.
+  from zel_jax import evaluate, link
+  local = evaluate.run(str(tmp_path), None, "test", "exact", None, None, 100, views="local")
+  assert local["vectors_per_entity"] == round((16 * 3 + 40) / 56, 3)
+  assert (tmp_path / "candidates" / "test.local.jsonl").exists()
+  single = evaluate.run(str(tmp_path), None, "test", "exact", None, None, 100, views="global")
+  assert "views" not in single and single["recall@64"] == 100.0
+  linked = link.Linker(str(tmp_path), None, "computing").link(
+      [{"text": "it runs in the kernel today", "start": 15, "end": 21}], top_k=20)
+  ids = [e["document_id"] for e in linked[0]["entities"]]
+  assert len(ids) == len(set(ids)) == 20
   # Both sides trained.
   warm_student, _ = _restored(config, retriever[0], "student")
   warm_teacher, _ = _restored(config, teacher[0], "teacher")

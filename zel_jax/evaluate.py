@@ -194,6 +194,45 @@ def store_path(workdir: str, world: str, step: Any, kind: str) -> str:
   return os.path.join(workdir, "stores", f"{world}.{step}.{kind}")
 
 
+def entity_vectors(encode_entities: Callable, params: Any, featurizer,
+                   entities: examples_lib.WorldEntities, config, mesh, views: str = "global"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """The vectors a world's store holds and the entity row of each: one per entity for
+  "global" (its whole input), MVD's local views (config.mvd's length, all of them) for
+  "local", both for "global+local"."""
+  _check_views(views, config)
+  batch_axes = config.sharding.batch_axes
+  tables, owners = [], []
+  if "global" in views.split("+"):
+    tables.append(embed_rows(encode_entities, params, entities.features, mesh,
+                             config.eval_batch_size, batch_axes,
+                             desc=f"{entities.world} entities"))
+    owners.append(np.arange(len(entities.ids)))
+  if "local" in views.split("+"):
+    local = features_lib.view_features(featurizer, entities.titles, entities.texts,
+                                       int(config.mvd.view_length), 0,
+                                       int(config.mvd.min_view_tokens))
+    tables.append(embed_rows(encode_entities, params, local, mesh, config.eval_batch_size,
+                             batch_axes, desc=f"{entities.world} views"))
+    owners.append(local["entity"])
+  return np.concatenate(tables), np.concatenate(owners)
+
+
+def _check_views(views: str, config) -> None:
+  if views not in _VIEWS:
+    raise ValueError(f"views={views!r}: one of {_VIEWS}")
+  if views != "global" and "mvd" not in config:
+    raise ValueError(f"views={views!r} needs a config with an mvd section (configs/mvd.py)")
+
+
+def search_entities(index, queries: np.ndarray, k: int, views: str, num_entities: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Top-k entity rows of a store from entity_vectors: each entity once, at its best view."""
+  if views == "global":
+    return index.search(queries, k)
+  return views_lib.search_entities(index, queries, k, num_entities=num_entities)
+
+
 def build_store(kind: str, embeddings: np.ndarray, mesh=None, ids: np.ndarray | None = None):
   """A candidate store over one world's entity embeddings (ids: row numbers by default; the
   entity row of each view for a store of views)."""
@@ -260,10 +299,7 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   views: what the store holds for each entity: "global" (one vector of the whole entity
   input, BLINK), or MVD's "local" views (config.mvd's view length) or "global+local"; with
   local views an entity scores at its best view and is returned once."""
-  if views not in _VIEWS:
-    raise ValueError(f"views={views!r}: one of {_VIEWS}")
-  if views != "global" and "mvd" not in config:
-    raise ValueError(f"views={views!r} needs a config with an mvd section (configs/mvd.py)")
+  _check_views(views, config)
   window = None if config.data.window_words < 0 else config.data.window_words
   encode_mentions, encode_entities = encoders(model)
   batch_axes = config.sharding.batch_axes
@@ -282,19 +318,8 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   view_counts, store_bytes = {}, {}
   for w in worlds:
     n = len(entities[w].ids)
-    tables, owners = [], []
-    if "global" in views.split("+"):
-      tables.append(embed_rows(encode_entities, params, entities[w].features, mesh,
-                               config.eval_batch_size, batch_axes, desc=f"{w} entities"))
-      owners.append(np.arange(n))
-    if "local" in views.split("+"):
-      local = features_lib.view_features(featurizer, entities[w].titles, entities[w].texts,
-                                         int(config.mvd.view_length), 0,
-                                         int(config.mvd.min_view_tokens))
-      tables.append(embed_rows(encode_entities, params, local, mesh, config.eval_batch_size,
-                               batch_axes, desc=f"{w} views"))
-      owners.append(local["entity"])
-    table, owner = np.concatenate(tables), np.concatenate(owners)
+    table, owner = entity_vectors(encode_entities, params, featurizer, entities[w], config,
+                                  mesh, views)
     sizes[w], view_counts[w] = n, len(owner)
     index = build_store(store, table, mesh, ids=None if views == "global" else owner)
     store_bytes[w] = int(index.size_bytes)
@@ -303,10 +328,7 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
     sel = np.flatnonzero(mentions.worlds == w)
     if len(sel):
       kk = min(k, n)
-      if views == "global":
-        scores, rows = index.search(mention_emb[sel], kk)
-      else:
-        scores, rows = views_lib.search_entities(index, mention_emb[sel], kk, num_entities=n)
+      scores, rows = search_entities(index, mention_emb[sel], kk, views, n)
       all_rows[sel, :kk], all_scores[sel, :kk] = rows, scores
       all_rows[sel, kk:] = -1
   ranks = gold_ranks(all_rows, mentions.gold_rows)
@@ -393,16 +415,29 @@ def run_rerank(workdir: str, config, data: str, split: str, world: str | None,
 
 def run(workdir: str, data: str | None, split: str, store: str, world: str | None,
         baseline: str | None, top_k: int, bm25_context_words: int = 0,
-        candidates: str | None = None) -> dict[str, Any]:
-  """The CLI's work as a function (notebooks, the quickstart)."""
+        candidates: str | None = None, views: str | None = None) -> dict[str, Any]:
+  """The CLI's work as a function (notebooks, the quickstart). views: what an MVD
+  retriever's store holds (default its config.evals.views); a bi-encoder's is "global"."""
   from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
   config = loop.load_config(workdir)
   data = data or config.data.dir
+  reranker = config.get("trainer") == "crossencoder" or (
+      config.get("trainer") == "mvd" and config.mvd.stage == "teacher")
+  if reranker and baseline:
+    raise ValueError(f"--baseline={baseline} evaluates retrievers; {workdir} holds a "
+                     "cross-encoder")
   if config.get("trainer") == "crossencoder":
-    if baseline:
-      raise ValueError(f"--baseline={baseline} evaluates retrievers; {workdir} holds a "
-                       "cross-encoder")
     return run_rerank(workdir, config, data, split, world, candidates)
+  restore, default_views = trainer.restore_params, "global"
+  if config.get("trainer") == "mvd":
+    from zel_jax.trainers import mvd  # pylint: disable=g-import-not-at-top
+    if config.mvd.stage == "teacher":
+      if world or candidates:
+        raise ValueError("an MVD teacher workdir evaluates on its config.mvd.candidates, "
+                         "all worlds of the split")
+      return mvd.run_teacher_eval(workdir, config, data, split)
+    restore, default_views = mvd.restore_student, config.evals.views
+  views = views or default_views
   dataset = zeshel.ZeshelDataset(data)
   suffix = "".join(f".{x}" for x in (world, baseline) if x)
   path = os.path.join(workdir, "candidates", f"{split}{suffix}.jsonl")
@@ -416,12 +451,14 @@ def run(workdir: str, data: str | None, split: str, store: str, world: str | Non
     params, step = trainer.pretrained_params(config, model, shardings,
                                              jax.random.PRNGKey(config.seed)), 0
   else:
-    params, step = trainer.restore_params(workdir, config, model, mesh)
+    params, step = restore(workdir, config, model, mesh)
+  if views != default_views:
+    path = path.replace(".jsonl", f".{views.replace('+', '_')}.jsonl")
   report = evaluate_biencoder(
       model, params, featurizer, dataset, split, config, mesh, store=store, top_k=top_k,
-      world=world, candidates_path=path,
+      world=world, candidates_path=path, views=views,
       store_paths=lambda w: store_path(workdir, w, step if baseline is None else baseline,
-                                       store))
+                                       store if views == "global" else f"{store}.{views}"))
   report["step"] = int(step)
   return report
 
@@ -443,6 +480,9 @@ def define_flags() -> None:
   flags.DEFINE_alias("top-k", "top_k")
   flags.DEFINE_integer("bm25_context_words", 0,
                                        "BM25 query: mention plus this many words each side.")
+  flags.DEFINE_enum("views", None, list(_VIEWS),
+                    "MVD retrievers: what the store holds per entity (default: the config's "
+                    "evals.views).")
 
 
 def main(argv):
@@ -450,7 +490,8 @@ def main(argv):
   metrics.quiet_library_logs()
   del argv
   report = run(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.store, FLAGS.world,
-               FLAGS.baseline, FLAGS.top_k, FLAGS.bm25_context_words, FLAGS.candidates)
+               FLAGS.baseline, FLAGS.top_k, FLAGS.bm25_context_words, FLAGS.candidates,
+               FLAGS.views)
   if "normalized_accuracy" in report:
     logging.info("%s rerank: normalized %.2f, unnormalized %.2f (macro %.2f / %.2f) over %d "
                  "mentions", report["split"], report["normalized_accuracy"],

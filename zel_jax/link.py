@@ -52,27 +52,37 @@ class Linker:
       self.params, step = trainer.pretrained_params(self.config, self.model, shardings,
                                                     jax.random.PRNGKey(0)), "untrained"
     else:
-      self.params, step = trainer.restore_params(workdir, self.config, self.model, self.mesh)
+      restore = trainer.restore_params
+      if self.config.get("trainer") == "mvd":
+        from zel_jax.trainers import mvd  # pylint: disable=g-import-not-at-top
+        restore = mvd.restore_student
+      self.params, step = restore(workdir, self.config, self.model, self.mesh)
+    # An MVD retriever's store holds its views (config.evals.views); a bi-encoder's, one
+    # vector per entity.
+    self.views = (self.config.evals.views if self.config.get("trainer") == "mvd"
+                  else "global")
     self.encode_mentions, encode_entities = evaluate.encoders(self.model)
     self.entities = {e.document_id: e for e in self.dataset.iter_entities(world)}
     self.doc_ids = np.asarray(list(self.entities))
-    self.store = self._store(evaluate.store_path(workdir, world, step, store), store,
+    kind = store if self.views == "global" else f"{store}.{self.views}"
+    self.store = self._store(evaluate.store_path(workdir, world, step, kind), store,
                              encode_entities)
 
   def _store(self, path: str, kind: str, encode_entities):
     from zel_jax import index  # pylint: disable=g-import-not-at-top
     if os.path.isdir(path):
       loaded = index.load_store(path, **({"mesh": self.mesh} if kind == "device" else {}))
-      if len(loaded) == len(self.doc_ids):
+      held = len(loaded) if self.views == "global" else len(np.unique(loaded.ids))
+      if held == len(self.doc_ids):
         return loaded
-      logging.warning("%s holds %d entities, the world %d: rebuilding", path, len(loaded),
+      logging.warning("%s holds %d entities, the world %d: rebuilding", path, held,
                       len(self.doc_ids))
     world = examples_lib.world_entities(self.dataset, self.world, self.featurizer,
                                         self.config.data.entity_length)
-    emb = evaluate.embed_rows(encode_entities, self.params, world.features, self.mesh,
-                              self.config.eval_batch_size, self.config.sharding.batch_axes,
-                              desc=f"{self.world} entities")
-    built = evaluate.build_store(kind, emb, self.mesh)
+    emb, owner = evaluate.entity_vectors(encode_entities, self.params, self.featurizer, world,
+                                         self.config, self.mesh, self.views)
+    built = evaluate.build_store(kind, emb, self.mesh,
+                                 ids=None if self.views == "global" else owner)
     if kind == "device" or jax.process_index() == 0:
       built.save(path)  # A device store's save is collective: each process writes its rows.
     return built
@@ -109,7 +119,8 @@ class Linker:
                                              self.config.data.mention_length)
     emb = evaluate.embed_rows(self.encode_mentions, self.params, feats, self.mesh,
                               self.config.eval_batch_size, self.config.sharding.batch_axes)
-    scores, rows = self.store.search(emb, min(top_k, len(self.doc_ids)))
+    scores, rows = evaluate.search_entities(self.store, emb, min(top_k, len(self.doc_ids)),
+                                            self.views, len(self.doc_ids))
     retrieval_scores = scores
     if reranker is not None:
       scores = reranker.score(pieces, [[self.entities[str(self.doc_ids[r])] for r in row

@@ -462,3 +462,31 @@ def evaluate_teacher(config, dataset, featurizer, model, params, split, mesh):
   report.update(split=split, num_candidates=k, views_per_candidate=s,
                 seconds=round(time.time() - t0, 1))
   return report
+
+
+def restore_student(workdir: str, config, model: biencoder.BiEncoder, mesh, step=None):
+  """The retriever of an MVD workdir: the whole tree of a retriever stage, the "student" of
+  a joint one. Returns (params, step)."""
+  abstract = biencoder.abstract_params(model)
+  shardings = loop.param_shardings(config, abstract, mesh)
+  if config.mvd.stage == "retriever":
+    return loop.restore_params(workdir, abstract, shardings, step)
+  if config.mvd.stage != "joint":
+    raise ValueError(f"{workdir} is an MVD {config.mvd.stage!r} stage: no retriever in it")
+  teacher, _ = cross_trainer.build_model(teacher_config(config), mesh)
+  t_abstract = crossencoder.abstract_params(teacher)
+  params, step = loop.restore_params(
+      workdir, {"student": abstract, "teacher": t_abstract},
+      {"student": shardings, "teacher": loop.param_shardings(config, t_abstract, mesh)}, step)
+  return params["student"], step
+
+
+def run_teacher_eval(workdir: str, config, data: str, split: str) -> dict[str, Any]:
+  """zel_jax.evaluate on a teacher-stage workdir."""
+  mesh = sharding.make_mesh(config.mesh)
+  model, featurizer = cross_trainer.build_model(teacher_config(config), mesh)
+  params, step = cross_trainer.restore_params(workdir, teacher_config(config), model, mesh)
+  report = evaluate_teacher(config, zeshel.ZeshelDataset(data), featurizer, model, params,
+                            split, mesh)
+  report["step"] = int(step)
+  return report
