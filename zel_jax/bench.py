@@ -4,6 +4,7 @@
   python -m zel_jax.bench train [--batch_size=32 --mention_length=128 --entity_length=128]
   python -m zel_jax.bench encode [--data=data/foldoc --world=foldoc --encode_length=128]
   python -m zel_jax.bench rerank [--data=data/foldoc --rerank_mentions=256 --rerank_k=16]
+  python -m zel_jax.bench mvd [--mvd_variant=runlocal --mvd_batch_size=4]
 
 train: pairs/s of the jitted bi-encoder update (MiniLM-L6, two towers, in-batch loss, AdamW,
 clipping) against the same model and batch in PyTorch (transformers' BertModel) in the same
@@ -15,6 +16,8 @@ rerank: cross-encoder scoring of real FOLDOC test mentions, each against k entit
 world, at BLINK's lengths (128 + 128 -> 255-token pairs): zel_jax's length-bucketed pass
 (score_candidates) against BLINK's PyTorch pass that pads every pair to 256 tokens, in
 candidates/s, same encoder (MiniLM-L6 + a linear score on [CLS]).
+mvd: seconds per MVD joint update (student over K candidates x S views, multi-view teacher
+over the same pairs) against a BLINK bi-encoder update, same encoder and mentions per step.
 
 index: candidate stores on clustered synthetic embeddings (see `clustered_embeddings`). For
 each size, exact brute force (numpy BLAS matmul + argpartition) gives the ground truth and the
@@ -77,6 +80,11 @@ _RERANK_MENTIONS = flags.DEFINE_integer("rerank_mentions", 256, "rerank: test me
 _RERANK_K = flags.DEFINE_integer("rerank_k", 16, "rerank: candidates per mention.")
 _RERANK_BATCH = flags.DEFINE_integer("rerank_batch_size", 2,
                                      "rerank: mentions per batch (x k pairs).")
+
+
+_MVD_VARIANT = flags.DEFINE_string("mvd_variant", "runlocal",
+                                   "mvd: the configs/mvd.py variant whose shapes to time.")
+_MVD_BATCH = flags.DEFINE_integer("mvd_batch_size", 4, "mvd: mentions per step (both steps).")
 
 
 # ----------------------------------------------------------------------------- data
@@ -422,6 +430,81 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
           "matmul_fraction": round(step_flops / zel_s / ceiling, 3)}
 
 
+def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
+  """Seconds per jitted update of MVD's joint step (student over K candidates x S views,
+  teacher over the same pairs, both losses and alignments) against the BLINK bi-encoder's
+  in-batch step, same encoder, same mentions per step, full-length random token rows."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from configs import blink_biencoder, mvd as mvd_config  # pylint: disable=g-import-not-at-top
+  from zel_jax import optim  # pylint: disable=g-import-not-at-top
+  from zel_jax.models import biencoder, crossencoder  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import biencoder as bi_trainer  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import crossencoder as cross_trainer  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import loop, mvd  # pylint: disable=g-import-not-at-top
+
+  arg = "runlocal" if variant == "runlocal" else f"variant={variant}"
+  config = mvd_config.get_config(f"{arg},stage=joint")
+  config.model.pretrained = _MODEL.value
+  config.batch_size = batch_size
+  bi_config = blink_biencoder.get_config(arg)
+  bi_config.model.pretrained = _MODEL.value
+  mesh = sharding.make_mesh(config.mesh)
+  rng = np.random.default_rng(0)
+  b, k, s = batch_size, int(config.mvd.num_candidates), int(config.mvd.train_views)
+  lm, lv = int(config.data.mention_length), int(config.mvd.view_length)
+  lc, le = lm + lv - 1, int(bi_config.data.entity_length)
+  ids = lambda *shape: rng.integers(1000, 30000, shape).astype(np.int32)
+  ones = lambda *shape: np.ones(shape, np.int32)
+
+  def timed_update(loss_fn, abstract, init, batch):
+    shardings = loop.param_shardings(config, abstract, mesh)
+    params = init(shardings)
+    optimizer, schedule = optim.make_optimizer(config.optimizer, 10_000)
+    update = jax.jit(loop.make_update(loss_fn, optimizer, schedule, config),
+                     donate_argnums=(0, 1))
+    batch = sharding.global_batch(batch, mesh, config.sharding.batch_axes)
+
+    def step(state):
+      p, o = state
+      p, o, m = update(p, o, jnp.int32(1), batch, jax.random.PRNGKey(0))
+      jax.block_until_ready(m["loss"])
+      return (p, o)
+
+    return _time_steps(step, (params, optimizer.init(params)), seconds)
+
+  student, _ = bi_trainer.build_model(config, mesh)
+  teacher, _ = cross_trainer.build_model(mvd.teacher_config(config), mesh)
+  key = jax.random.PRNGKey(0)
+  joint_batch = {
+      "mention_input_ids": ids(b, lm), "mention_attention_mask": ones(b, lm),
+      "view_input_ids": ids(b, k, s, lv), "view_attention_mask": ones(b, k, s, lv),
+      "view_valid": np.ones((b, k, s), bool),
+      "teacher_input_ids": ids(b, k, s, lc), "teacher_attention_mask": ones(b, k, s, lc),
+      "teacher_token_type_ids": np.concatenate([np.zeros((b, k, s, lm), np.int32),
+                                                ones(b, k, s, lv - 1)], -1),
+      "teacher_valid": np.ones((b, k, s), bool), "label": np.zeros(b, np.int32),
+      "candidate_valid": np.ones((b, k), bool), "valid": np.ones(b, bool)}
+  joint_s = timed_update(
+      mvd.joint_loss_fn(student, teacher, config),
+      {"student": biencoder.abstract_params(student),
+       "teacher": crossencoder.abstract_params(teacher)},
+      lambda sh: {"student": bi_trainer.random_params(student, sh["student"], key),
+                  "teacher": cross_trainer.random_params(teacher, sh["teacher"], key)},
+      joint_batch)
+  bi_model, _ = bi_trainer.build_model(bi_config, mesh)
+  bi_batch = {"mention_input_ids": ids(b, lm), "mention_attention_mask": ones(b, lm),
+              "entity_input_ids": ids(b, le), "entity_attention_mask": ones(b, le),
+              "entity_index": np.arange(b, dtype=np.int32), "valid": np.ones(b, bool)}
+  bi_s = timed_update(bi_trainer.make_loss_fn(bi_model, bi_config),
+                      biencoder.abstract_params(bi_model),
+                      lambda sh: bi_trainer.random_params(bi_model, sh, key), bi_batch)
+  return {"variant": variant, "mentions_per_step": b, "candidates": k, "views": s,
+          "lengths": {"mention": lm, "view": lv, "teacher_pair": lc, "bi_entity": le},
+          "devices": jax.device_count(), "mvd_step_s": round(joint_s, 3),
+          "biencoder_step_s": round(bi_s, 3), "ratio": round(joint_s / bi_s, 2)}
+
+
 def _time_steps(step, state, seconds: float, warmup: int = 2) -> float:
   """Median seconds per step after `warmup` steps (compile, allocator warm-up)."""
   for _ in range(warmup):
@@ -619,9 +702,14 @@ def run_encode() -> dict[str, Any]:
                       _ENCODE_BATCH.value)
 
 
+def run_mvd() -> dict[str, Any]:
+  return bench_mvd(_MVD_VARIANT.value, _MVD_BATCH.value, _SECONDS.value)
+
+
 # Subcommands: name -> function returning the JSON object printed as the last stdout line.
 COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
-    "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank}
+    "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank,
+    "mvd": run_mvd}
 
 
 def main(argv: Sequence[str]) -> None:
