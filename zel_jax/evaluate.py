@@ -291,14 +291,17 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
                        config, mesh, *, store: str = "exact", top_k: int = 100,
                        world: str | None = None, candidates_path: str | None = None,
                        store_paths: Callable[[str], str] | None = None,
-                       views: str = "global") -> dict[str, Any]:
+                       views: str = "global", vector_cache: dict | None = None
+                       ) -> dict[str, Any]:
   """Encodes each world's entities, retrieves top_k per mention from its own world's store,
   and reports recall@k; writes the candidates when candidates_path is given, and each
   world's store to store_paths(world) when given (zel_jax.link then loads it).
 
   views: what the store holds for each entity: "global" (one vector of the whole entity
   input, BLINK), or MVD's "local" views (config.mvd's view length) or "global+local"; with
-  local views an entity scores at its best view and is returned once."""
+  local views an entity scores at its best view and is returned once. vector_cache: a dict
+  shared by calls with the same params (several splits of one run), so each world's
+  entities are encoded once."""
   _check_views(views, config)
   window = None if config.data.window_words < 0 else config.data.window_words
   encode_mentions, encode_entities = encoders(model)
@@ -318,8 +321,11 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   view_counts, store_bytes = {}, {}
   for w in worlds:
     n = len(entities[w].ids)
-    table, owner = entity_vectors(encode_entities, params, featurizer, entities[w], config,
-                                  mesh, views)
+    cache = {} if vector_cache is None else vector_cache
+    if (w, views) not in cache:
+      cache[(w, views)] = entity_vectors(encode_entities, params, featurizer, entities[w],
+                                         config, mesh, views)
+    table, owner = cache[(w, views)]
     sizes[w], view_counts[w] = n, len(owner)
     index = build_store(store, table, mesh, ids=None if views == "global" else owner)
     store_bytes[w] = int(index.size_bytes)

@@ -123,10 +123,11 @@ def evaluate_splits(config, dataset, workdir, model, params, featurizer, mesh
                     ) -> dict[str, Any]:
   """Recall on config.evals.splits after training; candidates and reports in the workdir."""
   from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
+  vectors = {}  # Each world's entities encoded once for all splits.
   return loop.evaluate_splits(config, dataset, workdir, lambda split: (
       evaluate.evaluate_biencoder(
           model, params, featurizer, dataset, split, config, mesh,
-          store=config.evals.store, top_k=config.evals.top_k,
+          store=config.evals.store, top_k=config.evals.top_k, vector_cache=vectors,
           candidates_path=os.path.join(workdir, "candidates", f"{split}.jsonl"))))
 
 

@@ -434,10 +434,12 @@ def _joint(config, workdir, dataset, mesh):
 def evaluate_student(config, dataset, workdir, model, params, featurizer, mesh):
   """Recall@k of the retriever over config.evals.views, candidates written per split."""
   from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
+  vectors = {}  # Each world's views encoded once for all splits.
   return loop.evaluate_splits(config, dataset, workdir, lambda split: (
       evaluate.evaluate_biencoder(
           model, params, featurizer, dataset, split, config, mesh,
           store=config.evals.store, top_k=config.evals.top_k, views=config.evals.views,
+          vector_cache=vectors,
           candidates_path=os.path.join(workdir, "candidates", f"{split}.jsonl"))))
 
 
