@@ -92,3 +92,12 @@ def mention_queries(dataset: zeshel.ZeshelDataset, mentions: Sequence[zeshel.Men
     window = (left[-context_words:] if context_words else []) + span + right[:context_words]
     queries.append(" ".join(window))
   return queries
+
+
+def fixed_subset(n: int, max_rows: int, seed: int) -> np.ndarray:
+  """Sorted row indices of a fixed random subset of max_rows of n rows (all when max_rows
+  <= 0 or >= n). Recipes that must read the same mentions (a teacher and its student) call
+  it with the same seed."""
+  if 0 < max_rows < n:
+    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+  return np.arange(n)

@@ -111,10 +111,7 @@ def rerank_set(config, dataset: zeshel.ZeshelDataset, featurizer, split: str,
               for w in worlds}
   mentions = examples_lib.mention_set(dataset, split, featurizer, config.data.mention_length,
                                       entities, worlds=worlds, window_words=window)
-  keep = np.arange(len(mentions))
-  if 0 < max_mentions < len(mentions):
-    keep = np.sort(np.random.default_rng(seed).choice(len(mentions), max_mentions,
-                                                      replace=False))
+  keep = examples_lib.fixed_subset(len(mentions), max_mentions, seed)
   offsets = dict(zip(worlds, np.cumsum([0] + [len(entities[w].ids) for w in worlds])))
   entity_worlds = np.concatenate([[w] * len(entities[w].ids) for w in worlds])
   entity_doc_ids = np.concatenate([entities[w].ids for w in worlds])

@@ -113,10 +113,7 @@ def mvd_data(config, dataset: zeshel.ZeshelDataset, featurizer, split: str,
   entities = {w: examples_lib.world_entities(dataset, w, featurizer, 2) for w in worlds}
   mentions = examples_lib.mention_set(dataset, split, featurizer, config.data.mention_length,
                                       entities, worlds=worlds, window_words=window)
-  keep = np.arange(len(mentions))
-  if 0 < max_mentions < len(mentions):
-    keep = np.sort(np.random.default_rng(seed).choice(len(mentions), max_mentions,
-                                                      replace=False))
+  keep = examples_lib.fixed_subset(len(mentions), max_mentions, seed)
   offsets = dict(zip(worlds, np.cumsum([0] + [len(entities[w].ids) for w in worlds])))
   gold = np.asarray([offsets[w] for w in mentions.worlds], np.int64) + mentions.gold_rows
   return MvdData(
