@@ -199,13 +199,37 @@ class SelfAttention(nn.Module):
     keep = attention_mask[:, None, None, :].astype(bool)
     logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
+    probs = Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
     context = jnp.matmul(probs, v).transpose(0, 2, 1, 3).reshape(
         b * queries, cfg.num_heads, cfg.head_dim)
     return nn.DenseGeneral(
         features=cfg.hidden_size, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=_dense_init(cfg, ("heads", "kv", "embed")), bias_init=_zeros(("embed",)),
         name="out")(context).reshape(b, queries, hidden)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout whose keep-mask compares 16-bit uniforms, two per random 32-bit word.
+
+  flax's nn.Dropout draws one 32-bit word per element (jax.random.bernoulli); random bits
+  are a large share of a CPU train step, and halving them makes the mask about 3x cheaper
+  here. The keep probability is rounded to a multiple of 2^-16 (0.9 -> 0.899994) and the
+  kept values are scaled by its exact inverse, so the expectation is unchanged.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    if not 0.0 <= self.rate < 1.0:
+      raise ValueError(f"dropout rate must be in [0, 1), got {self.rate}")
+    threshold = round((1.0 - self.rate) * 65536)
+    *lead, last = x.shape
+    words = jax.random.bits(self.make_rng("dropout"), (*lead, (last + 1) // 2), jnp.uint32)
+    halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
+    keep = halves.astype(jnp.int32) < threshold
+    return jnp.where(keep, x * jnp.asarray(65536 / threshold, x.dtype), jnp.zeros_like(x))
 
 
 class BertLayer(nn.Module):
@@ -221,7 +245,7 @@ class BertLayer(nn.Module):
     h = SelfAttention(cfg, name="attention", **kw)(x, attention_mask, deterministic, first_only)
     if first_only:
       x = x[:, :1]
-    h = nn.Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
+    h = Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
     x = LayerNorm(cfg.layer_norm_eps, name="attention_norm", **kw)(x + h)
     h = nn.Dense(cfg.intermediate_size, kernel_init=_dense_init(cfg, ("embed", "mlp")),
                  bias_init=_zeros(("mlp",)), name="intermediate", **kw)(
@@ -229,7 +253,7 @@ class BertLayer(nn.Module):
     h = _ACTIVATIONS[cfg.hidden_act](h)
     h = nn.Dense(cfg.hidden_size, kernel_init=_dense_init(cfg, ("mlp", "embed")),
                  bias_init=_zeros(("embed",)), name="output", **kw)(h).reshape(x.shape)
-    h = nn.Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
+    h = Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
     return LayerNorm(cfg.layer_norm_eps, name="output_norm", **kw)(x + h)
 
 
@@ -282,7 +306,7 @@ class BertModel(nn.Module):
                      embedding_init=embed_init((None, "embed")),
                      name="token_type_embeddings", **kw)(token_type_ids)
     x = LayerNorm(cfg.layer_norm_eps, name="embeddings_norm", **kw)(x)
-    x = self._pin(nn.Dropout(rate=cfg.hidden_dropout)(x, deterministic=deterministic))
+    x = self._pin(Dropout(rate=cfg.hidden_dropout)(x, deterministic=deterministic))
 
     layer_cls = BertLayer
     if self.remat:

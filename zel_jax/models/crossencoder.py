@@ -29,7 +29,7 @@ class CrossEncoder(nn.Module):
   def setup(self):
     self.encoder = bert.BertModel(self.config, dtype=self.dtype, remat=self.remat,
                                   activation_sharding=self.activation_sharding)
-    self.dropout = nn.Dropout(self.config.hidden_dropout)
+    self.dropout = bert.Dropout(self.config.hidden_dropout)
     self.score = nn.Dense(
         1, dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(
