@@ -106,6 +106,21 @@ def test_dropout_only_when_training(minilm):
   assert np.abs(np.asarray(train) - np.asarray(eval_a)).max() > 1e-2
 
 
+def test_packed_dropout_keeps_the_rate_and_scales_exactly():
+  x = jnp.ones((64, 3, 1001))  # An odd last axis: one 16-bit draw of the last word unused.
+  drop = bert.Dropout(rate=0.1)
+  y = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+  kept = y[y != 0]
+  np.testing.assert_allclose(kept, 65536 / 58982, rtol=1e-6)  # 1 / P(keep), exactly.
+  assert abs(kept.size / y.size - 58982 / 65536) < 3e-3   # 192k draws: about 4 sigma.
+  other = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  assert not np.array_equal(y != 0, np.asarray(other) != 0)
+  np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+  with pytest.raises(ValueError, match="dropout rate"):
+    bert.Dropout(rate=1.0).apply({}, x, deterministic=False,
+                                 rngs={"dropout": jax.random.key(0)})
+
+
 def test_every_param_has_logical_axes(minilm):
   model, _, _ = minilm
   boxed = bert.abstract_params(model)

@@ -319,9 +319,9 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   all_scores = np.full((len(mentions), k), -np.inf, np.float32)
   sizes = {}
   view_counts, store_bytes = {}, {}
+  cache = {} if vector_cache is None else vector_cache
   for w in worlds:
     n = len(entities[w].ids)
-    cache = {} if vector_cache is None else vector_cache
     if (w, views) not in cache:
       cache[(w, views)] = entity_vectors(encode_entities, params, featurizer, entities[w],
                                          config, mesh, views)

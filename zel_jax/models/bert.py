@@ -225,10 +225,12 @@ class Dropout(nn.Module):
     if not 0.0 <= self.rate < 1.0:
       raise ValueError(f"dropout rate must be in [0, 1), got {self.rate}")
     threshold = round((1.0 - self.rate) * 65536)
+    if threshold == 65536:  # A rate below 2^-17 keeps every 16-bit draw.
+      return x
     *lead, last = x.shape
     words = jax.random.bits(self.make_rng("dropout"), (*lead, (last + 1) // 2), jnp.uint32)
     halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
-    keep = halves.astype(jnp.int32) < threshold
+    keep = halves < jnp.uint16(threshold)
     return jnp.where(keep, x * jnp.asarray(65536 / threshold, x.dtype), jnp.zeros_like(x))
 
 
