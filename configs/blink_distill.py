@@ -7,7 +7,8 @@ cross-encoder teacher's distribution over each mention's retrieved candidates.
 
 The loss per mention is (1 - weight) * CE(student, gold) + weight * KL(teacher_T || student_T)
 over its K candidates, softmax temperature T on both sides. weight=0 trains on the same
-candidates with the gold loss alone: the equal-budget baseline distillation is compared to.
+candidates with the gold loss alone: the control that separates the teacher's contribution
+from the hard candidates'.
 Variants as configs/blink_biencoder.py (runlocal, base, large); the student's input lengths,
 pooling and towers are the bi-encoder's, and the workdir evaluates and links as one.
 """
