@@ -53,6 +53,10 @@ def get_config(arg=None):
   config.mvd.view_length = 40       # Local views: [CLS] title [ENT] chunk [SEP].
   config.mvd.min_view_tokens = 5    # A chunk closes once it has more than this many tokens.
   config.mvd.train_views = 10       # The first views of an entity in training; all at search.
+  # The global view is one of the entity's views (Eq. 3's max) in training as at search, so
+  # the score searched with global+local views is the score trained. False: local views only
+  # in training, the global view added at search untrained (Table 5's setting either way).
+  config.mvd.train_global_view = True
   config.mvd.num_candidates = 16    # Per mention for the teacher and the joint stage.
   config.mvd.top_n = 100            # Dynamic negatives are sampled from the top-N entities.
   config.mvd.refresh_every = 0      # Steps between re-mining (0: once per epoch, as MVD).

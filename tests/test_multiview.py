@@ -382,3 +382,77 @@ def test_static_distillation_freezes_the_teacher(tiny, retriever, teacher, tmp_p
   for a, b in zip(jax.tree_util.tree_leaves(params["teacher"]),
                   jax.tree_util.tree_leaves(warm)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_joint_loss_trains_the_global_view_and_aligns_local_views(tiny):
+  """L_de takes each candidate's max over the global view (view 0) and its local views; the
+  alignment terms and the teacher see the local views only, index for index."""
+  import jax
+  import jax.numpy as jnp
+  import tiny_world
+  from zel_jax import losses, sharding
+  from zel_jax.models import crossencoder, multiview
+  from zel_jax.trainers import biencoder as bi_trainer
+  from zel_jax.trainers import crossencoder as cross_trainer
+  from zel_jax.trainers import loop, mvd
+  data, bert_dir = tiny
+  config = tiny_world.tiny_mvd_config(data, bert_dir, "joint")
+  mesh = sharding.make_mesh(config.mesh)
+  student, _ = bi_trainer.build_model(config, mesh)
+  teacher, _ = cross_trainer.build_model(mvd.teacher_config(config), mesh)
+  rng = jax.random.PRNGKey(0)
+  params = {
+      "student": bi_trainer.random_params(
+          student, bi_trainer.param_shardings(config, student, mesh), rng),
+      "teacher": cross_trainer.random_params(
+          teacher, loop.param_shardings(config, crossencoder.abstract_params(teacher), mesh),
+          jax.random.fold_in(rng, 1))}
+  b, k, s = 8, 4, 3
+  lm, lv, lg = 12, 12, 24
+  lp = cross_trainer.pair_length(mvd.teacher_config(config))
+  gen = np.random.default_rng(0)
+  view_valid = np.ones((b, k, s), bool)
+  view_valid[:, :, 2] = gen.random((b, k)) < 0.5   # Some candidates have 2 views.
+  batch = {
+      "mention_input_ids": gen.integers(5, 90, (b, lm)), "mention_attention_mask":
+          np.ones((b, lm), np.int32),
+      "view_input_ids": gen.integers(5, 90, (b, k, s, lv)),
+      "view_attention_mask": np.ones((b, k, s, lv), np.int32) * view_valid[..., None],
+      "view_valid": view_valid,
+      "global_input_ids": gen.integers(5, 90, (b, k, 1, lg)),
+      "global_attention_mask": np.ones((b, k, 1, lg), np.int32),
+      "global_valid": np.ones((b, k, 1), bool),
+      "teacher_input_ids": gen.integers(5, 90, (b, k, s, lp)),
+      "teacher_attention_mask": np.ones((b, k, s, lp), np.int32),
+      "teacher_token_type_ids": np.zeros((b, k, s, lp), np.int32),
+      "teacher_valid": view_valid,
+      "label": gen.integers(0, k, b).astype(np.int32),
+      "candidate_valid": np.ones((b, k), bool), "valid": np.ones(b, bool)}
+  batch = {name: jnp.asarray(v) for name, v in batch.items()}
+
+  def encode(ids, mask):
+    return multiview.encode_views(student, params["student"], ids, mask, rng, True)
+
+  mention = multiview.encode_mentions(student, params["student"], batch["mention_input_ids"],
+                                      batch["mention_attention_mask"], rng, True)
+  local = np.einsum("bd,bksd->bks", mention,
+                    encode(batch["view_input_ids"], batch["view_attention_mask"]))
+  whole = np.einsum("bd,bkd->bk", mention,
+                    encode(batch["global_input_ids"], batch["global_attention_mask"])[:, :, 0])
+  t = np.asarray(multiview.teacher_scores(teacher, params["teacher"], batch, rng, True))
+  best_local = np.where(view_valid, local, -np.inf).max(-1)
+  assert (whole > best_local).any() and (whole < best_local).any()  # Both cases occur.
+
+  def expected(l_de_scores):
+    l_de = losses.candidate_softmax(jnp.asarray(l_de_scores), batch["label"])
+    l_ce = losses.candidate_softmax(jnp.asarray(np.where(view_valid, t, -np.inf).max(-1)),
+                                    batch["label"])
+    cross, self_ = losses.mvd_alignment(jnp.asarray(local), jnp.asarray(t),
+                                        jnp.asarray(view_valid))
+    return float(l_de + 0.3 * cross + 0.1 * self_ + l_ce)
+
+  for with_global, l_de_scores in ((True, np.maximum(whole, best_local)),
+                                   (False, best_local)):
+    config.mvd.train_global_view = with_global
+    got = float(mvd.joint_loss_fn(student, teacher, config)(params, batch, rng))
+    np.testing.assert_allclose(got, expected(l_de_scores), rtol=2e-4)

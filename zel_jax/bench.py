@@ -16,8 +16,9 @@ rerank: cross-encoder scoring of real FOLDOC test mentions, each against k entit
 world, at BLINK's lengths (128 + 128 -> 255-token pairs): zel_jax's length-bucketed pass
 (score_candidates) against BLINK's PyTorch pass that pads every pair to 256 tokens, in
 candidates/s, same encoder (MiniLM-L6 + a linear score on [CLS]).
-mvd: seconds per MVD joint update (student over K candidates x S views, multi-view teacher
-over the same pairs) against a BLINK bi-encoder update, same encoder and mentions per step.
+mvd: seconds per MVD joint update (student over K candidates x S local views + the global view,
+multi-view teacher over the local pairs) against a BLINK bi-encoder update, same encoder and
+mentions per step.
 
 index: candidate stores on clustered synthetic embeddings (see `clustered_embeddings`). For
 each size, exact brute force (numpy BLAS matmul + argpartition) gives the ground truth and the
@@ -454,6 +455,7 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
   b, k, s = batch_size, int(config.mvd.num_candidates), int(config.mvd.train_views)
   lm, lv = int(config.data.mention_length), int(config.mvd.view_length)
   lc, le = lm + lv - 1, int(bi_config.data.entity_length)
+  lg = int(config.data.entity_length)  # The global view, a view of the student when trained.
   ids = lambda *shape: rng.integers(1000, 30000, shape).astype(np.int32)
   ones = lambda *shape: np.ones(shape, np.int32)
 
@@ -480,6 +482,8 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
       "mention_input_ids": ids(b, lm), "mention_attention_mask": ones(b, lm),
       "view_input_ids": ids(b, k, s, lv), "view_attention_mask": ones(b, k, s, lv),
       "view_valid": np.ones((b, k, s), bool),
+      "global_input_ids": ids(b, k, 1, lg), "global_attention_mask": ones(b, k, 1, lg),
+      "global_valid": np.ones((b, k, 1), bool),
       "teacher_input_ids": ids(b, k, s, lc), "teacher_attention_mask": ones(b, k, s, lc),
       "teacher_token_type_ids": np.concatenate([np.zeros((b, k, s, lm), np.int32),
                                                 ones(b, k, s, lv - 1)], -1),
@@ -500,7 +504,8 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
                       biencoder.abstract_params(bi_model),
                       lambda sh: bi_trainer.random_params(bi_model, sh, key), bi_batch)
   return {"variant": variant, "mentions_per_step": b, "candidates": k, "views": s,
-          "lengths": {"mention": lm, "view": lv, "teacher_pair": lc, "bi_entity": le},
+          "lengths": {"mention": lm, "view": lv, "teacher_pair": lc, "bi_entity": le,
+                      "global_view": lg if config.mvd.train_global_view else 0},
           "devices": jax.device_count(), "mvd_step_s": round(joint_s, 3),
           "biencoder_step_s": round(bi_s, 3), "ratio": round(joint_s / bi_s, 2)}
 

@@ -3,12 +3,18 @@
 Three stages, one per config.mvd.stage, each a run of the shared loop:
 
   retriever  the bi-encoder warmed up with in-batch negatives, each entity scored at its best
-             local view (losses.in_batch_view_softmax);
+             view (losses.in_batch_view_softmax): its local views and, with
+             config.mvd.train_global_view, its global view;
   teacher    a multi-view cross-encoder, `[CLS] mention [SEP] title [ENT] chunk [SEP]` per view,
              a candidate scored at its best view, trained on the retriever's static top-k;
   joint      both together, L_de + L_ce + alpha L_cross + beta L_self (losses.mvd_alignment),
              the candidates re-mined with the current student every config.mvd.refresh_every
-             steps: top-N entities, K sampled at random, gold always in.
+             steps: top-N entities, K sampled at random, gold always in. The teacher reads
+             local views only; L_de scores a candidate over all the student's views, the
+             alignment terms compare the local views.
+
+The scoring itself (views through the entity tower, view-max, the teacher per view) is
+models/multiview.py.
 
 Parameters: the retriever's are a bi-encoder's (its workdir evaluates and links as one); the
 teacher's a cross-encoder's; the joint stage's {"student": bi-encoder, "teacher": cross}.
@@ -35,7 +41,7 @@ from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
 from zel_jax.data import zeshel
-from zel_jax.models import biencoder, crossencoder
+from zel_jax.models import biencoder, crossencoder, multiview
 from zel_jax.trainers import biencoder as bi_trainer
 from zel_jax.trainers import crossencoder as cross_trainer
 from zel_jax.trainers import loop
@@ -152,45 +158,30 @@ def teacher_rows(data: MvdData, table: ViewTable, index: np.ndarray, rows: np.nd
   return out
 
 
-def student_scores(model: biencoder.BiEncoder, params, batch, rng, deterministic=False):
-  """mention . view for every candidate view: [b, K, S]."""
-  r_mention, r_view = jax.random.split(rng)
-  mention = model.apply({"params": params}, batch["mention_input_ids"],
-                        batch["mention_attention_mask"], deterministic=deterministic,
-                        method=biencoder.BiEncoder.encode_mentions,
-                        rngs={"dropout": r_mention})
-  ids = batch["view_input_ids"]
-  lead, length = ids.shape[:-1], ids.shape[-1]
-  views = model.apply({"params": params}, ids.reshape(-1, length),
-                      batch["view_attention_mask"].reshape(-1, length),
-                      deterministic=deterministic, method=biencoder.BiEncoder.encode_entities,
-                      rngs={"dropout": r_view}).reshape(*lead, -1)
-  return mention, views
-
-
-def teacher_scores(model: crossencoder.CrossEncoder, params, batch, rng, deterministic=False):
-  return model.apply({"params": params}, batch["teacher_input_ids"],
-                     batch["teacher_attention_mask"], batch["teacher_token_type_ids"],
-                     deterministic=deterministic, rngs={"dropout": rng})
-
-
 def joint_loss_fn(student: biencoder.BiEncoder, teacher: crossencoder.CrossEncoder, config):
   alpha = 0.0 if config.mvd.no_cross_alignment else float(config.mvd.alpha)
   beta = 0.0 if (config.mvd.no_self_alignment or config.mvd.single_vector_teacher) else float(
       config.mvd.beta)
   frozen_teacher = bool(config.mvd.no_dynamic_distillation)
 
+  with_global = bool(config.mvd.train_global_view)
+
   def loss_fn(params, batch, rng):
     r_student, r_teacher = jax.random.split(rng)
-    mention, views = student_scores(student, params["student"], batch, r_student)
-    s_de = jnp.einsum("bd,bksd->bks", mention, views, preferred_element_type=jnp.float32)
-    s_ce = teacher_scores(teacher, params["teacher"], batch, r_teacher,
-                          deterministic=frozen_teacher)
+    mention, views, all_valid = multiview.student_views(student, params["student"], batch,
+                                                        r_student, with_global)
+    s_all = multiview.candidate_view_scores(mention, views)
+    s_ce = multiview.teacher_scores(teacher, params["teacher"], batch, r_teacher,
+                                    deterministic=frozen_teacher)
     if frozen_teacher:
       s_ce = jax.lax.stop_gradient(s_ce)
     label, cand, valid = batch["label"], batch["candidate_valid"], batch["valid"]
-    view_valid = batch["view_valid"]
-    l_de = losses.candidate_softmax(losses.max_over_views(s_de, view_valid), label, cand, valid)
+    # The student's own loss scores each candidate over all its views (the global one
+    # included when trained); the teacher reads local views only, so the alignment terms
+    # compare the local views, index for index.
+    l_de = losses.candidate_softmax(losses.max_over_views(s_all, all_valid), label, cand, valid)
+    s_de, view_valid = (s_all[..., 1:], all_valid[..., 1:]) if with_global else (
+        s_all, all_valid)
     l_ce = losses.candidate_softmax(losses.max_over_views(s_ce, batch["teacher_valid"]), label,
                                     cand, valid)
     if config.mvd.single_vector_teacher:
@@ -214,9 +205,11 @@ def static_top(path: str, data: MvdData, top: int) -> np.ndarray:
   return rows
 
 
-def mine_top(model, params, data: MvdData, table: ViewTable, config, mesh) -> np.ndarray:
-  """Each mention's top-N entities of its own world by its best local view under the
-  current student ([M, N] global rows)."""
+def mine_top(model, params, data: MvdData, tables: list[ViewTable], config, mesh
+             ) -> np.ndarray:
+  """Each mention's top-N entities of its own world by its best view under the current
+  student, over the views of `tables` (local, and global when trained) ([M, N] global
+  rows)."""
   from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
   from zel_jax.index import views as views_lib  # pylint: disable=g-import-not-at-top
   from zel_jax.index.numpy_store import NumpyStore  # pylint: disable=g-import-not-at-top
@@ -224,15 +217,17 @@ def mine_top(model, params, data: MvdData, table: ViewTable, config, mesh) -> np
   axes = config.sharding.batch_axes
   mention_emb = evaluate.embed_rows(encode_mentions, params, data.mention_features, mesh,
                                     config.eval_batch_size, axes, desc="mine: mentions")
-  view_emb = evaluate.embed_rows(encode_entities, params, table.features, mesh,
-                                 config.eval_batch_size, axes, desc="mine: views")
+  view_emb = np.concatenate([
+      evaluate.embed_rows(encode_entities, params, t.features, mesh, config.eval_batch_size,
+                          axes, desc="mine: views") for t in tables])
+  view_entity = np.concatenate([t.entity for t in tables])
   n = int(config.mvd.top_n)
   top = np.full((len(data.gold), n), -1, np.int64)
-  view_world = data.entity_worlds[table.entity]
+  view_world = data.entity_worlds[view_entity]
   for w in np.unique(data.worlds):
     sel = np.flatnonzero(data.worlds == w)
     mine = np.flatnonzero(view_world == w)
-    store = NumpyStore.build(view_emb[mine], table.entity[mine])
+    store = NumpyStore.build(view_emb[mine], view_entity[mine])
     _, found = views_lib.search_entities(store, mention_emb[sel], n)
     top[sel, :found.shape[1]] = found
   return top
@@ -273,14 +268,19 @@ def _retriever(config, workdir, dataset, mesh):
                len(data.gold), len(data.titles), len(table.entity),
                len(table.entity) / max(len(data.titles), 1), time.time() - t0)
 
+  with_global = bool(config.mvd.train_global_view)
+  whole = global_views(featurizer, data.titles, data.texts, config) if with_global else None
+
   def loss_fn(params, batch, rng):
-    mention, views = student_scores(model, params, batch, rng)
-    return losses.in_batch_view_softmax(mention, views, batch["view_valid"],
-                                        batch["entity_index"], batch["valid"])
+    mention, views, valid = multiview.student_views(model, params, batch, rng, with_global)
+    return losses.in_batch_view_softmax(mention, views, valid, batch["entity_index"],
+                                        batch["valid"])
 
   def prepare(local, params, epoch):
     del params, epoch
-    return dict(local, **table.gather(local["entity_index"], "view"))
+    rows = local["entity_index"]
+    return dict(local, **table.gather(rows, "view"),
+                **(whole.gather(rows, "global") if with_global else {}))
 
   recipe = loop.Recipe(
       abstract_params=biencoder.abstract_params(model),
@@ -312,7 +312,7 @@ def _teacher(config, workdir, dataset, mesh):
   rows, labels = candidates_lib.with_gold(top, data.gold)
 
   def loss_fn(params, batch, rng):
-    scores = teacher_scores(model, params, batch, rng)
+    scores = multiview.teacher_scores(model, params, batch, rng)
     return losses.candidate_softmax(losses.max_over_views(scores, batch["teacher_valid"]),
                                     batch["label"], batch["candidate_valid"], batch["valid"])
 
@@ -355,6 +355,8 @@ def _joint(config, workdir, dataset, mesh):
   data = mvd_data(config, dataset, featurizer, split, int(config.data.max_train_mentions),
                   config.seed)
   table = local_views(featurizer, data.titles, data.texts, config, int(config.mvd.train_views))
+  whole = (global_views(featurizer, data.titles, data.texts, config)
+           if config.mvd.train_global_view else None)
   t_table = _teacher_table(featurizer, data, config)
   k = int(config.mvd.num_candidates)
   dynamic = not config.mvd.no_dynamic_negatives
@@ -364,7 +366,8 @@ def _joint(config, workdir, dataset, mesh):
   state = {"rows": None, "labels": None, "mined_at": -1, "batches": 0}
 
   def candidates_for(params, key: int):
-    top = mine_top(student, params["student"], data, table, config, mesh) if dynamic else static
+    searched = [table] if whole is None else [table, whole]
+    top = mine_top(student, params["student"], data, searched, config, mesh) if dynamic else static
     rng = np.random.default_rng([int(config.seed), key])
     state["rows"], state["labels"] = candidates_lib.sample_with_gold(top, data.gold, k, rng)
     state["mined_at"] = key
@@ -380,6 +383,7 @@ def _joint(config, workdir, dataset, mesh):
     index = local["example_index"]
     rows = state["rows"][index]
     return dict(local, **table.gather(rows, "view"),
+                **(whole.gather(rows, "global") if whole is not None else {}),
                 **teacher_rows(data, t_table, index, rows, config),
                 label=state["labels"][index].astype(np.int32), candidate_valid=rows >= 0)
 
