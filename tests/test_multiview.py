@@ -151,7 +151,7 @@ def test_alignment_by_hand():
 # -- view retrieval ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["numpy", "scann"])
+@pytest.mark.parametrize("kind", ["numpy", "scann", "device"])
 def test_view_store_returns_each_entity_once(kind):
   from zel_jax import index
   from zel_jax.index import views
