@@ -94,6 +94,20 @@ def global_views(featurizer, titles, texts, config) -> ViewTable:
   return ViewTable.of(feats, np.arange(len(titles)), len(titles))
 
 
+def student_tables(featurizer, titles, texts, config) -> dict[str, ViewTable]:
+  """The student's views in training by batch prefix: "view" (the first train_views local
+  views) and, when trained, "global"."""
+  tables = {"view": local_views(featurizer, titles, texts, config,
+                                int(config.mvd.train_views))}
+  if config.mvd.train_global_view:
+    tables["global"] = global_views(featurizer, titles, texts, config)
+  return tables
+
+
+def gather_views(tables: dict[str, ViewTable], rows: np.ndarray) -> dict[str, np.ndarray]:
+  return {k: v for prefix, t in tables.items() for k, v in t.gather(rows, prefix).items()}
+
+
 @dataclasses.dataclass
 class MvdData:
   """A split's mentions and every entity of their worlds (global rows, worlds in order)."""
@@ -163,7 +177,6 @@ def joint_loss_fn(student: biencoder.BiEncoder, teacher: crossencoder.CrossEncod
   beta = 0.0 if (config.mvd.no_self_alignment or config.mvd.single_vector_teacher) else float(
       config.mvd.beta)
   frozen_teacher = bool(config.mvd.no_dynamic_distillation)
-
   with_global = bool(config.mvd.train_global_view)
 
   def loss_fn(params, batch, rng):
@@ -263,13 +276,12 @@ def _retriever(config, workdir, dataset, mesh):
   t0 = time.time()
   data = mvd_data(config, dataset, featurizer, config.data.train_split,
                   int(config.data.max_train_mentions), config.seed)
-  table = local_views(featurizer, data.titles, data.texts, config, int(config.mvd.train_views))
-  logging.info("%d mentions, %d entities, %d views (%.2f per entity) in %.1fs",
-               len(data.gold), len(data.titles), len(table.entity),
-               len(table.entity) / max(len(data.titles), 1), time.time() - t0)
-
+  tables = student_tables(featurizer, data.titles, data.texts, config)
+  num_views = len(tables["view"].entity)
+  logging.info("%d mentions, %d entities, %d local views (%.2f per entity) in %.1fs",
+               len(data.gold), len(data.titles), num_views,
+               num_views / max(len(data.titles), 1), time.time() - t0)
   with_global = bool(config.mvd.train_global_view)
-  whole = global_views(featurizer, data.titles, data.texts, config) if with_global else None
 
   def loss_fn(params, batch, rng):
     mention, views, valid = multiview.student_views(model, params, batch, rng, with_global)
@@ -278,9 +290,7 @@ def _retriever(config, workdir, dataset, mesh):
 
   def prepare(local, params, epoch):
     del params, epoch
-    rows = local["entity_index"]
-    return dict(local, **table.gather(rows, "view"),
-                **(whole.gather(rows, "global") if with_global else {}))
+    return dict(local, **gather_views(tables, local["entity_index"]))
 
   recipe = loop.Recipe(
       abstract_params=biencoder.abstract_params(model),
@@ -354,10 +364,10 @@ def _joint(config, workdir, dataset, mesh):
   split = config.data.train_split
   data = mvd_data(config, dataset, featurizer, split, int(config.data.max_train_mentions),
                   config.seed)
-  table = local_views(featurizer, data.titles, data.texts, config, int(config.mvd.train_views))
-  whole = (global_views(featurizer, data.titles, data.texts, config)
-           if config.mvd.train_global_view else None)
-  t_table = _teacher_table(featurizer, data, config)
+  tables = student_tables(featurizer, data.titles, data.texts, config)
+  # The teacher reads the student's local views unless it is single-vector.
+  t_table = (_teacher_table(featurizer, data, config) if config.mvd.single_vector_teacher
+             else tables["view"])
   k = int(config.mvd.num_candidates)
   dynamic = not config.mvd.no_dynamic_negatives
   static = None if dynamic else static_top(
@@ -366,8 +376,8 @@ def _joint(config, workdir, dataset, mesh):
   state = {"rows": None, "labels": None, "mined_at": -1, "batches": 0}
 
   def candidates_for(params, key: int):
-    searched = [table] if whole is None else [table, whole]
-    top = mine_top(student, params["student"], data, searched, config, mesh) if dynamic else static
+    top = (mine_top(student, params["student"], data, list(tables.values()), config, mesh)
+           if dynamic else static)
     rng = np.random.default_rng([int(config.seed), key])
     state["rows"], state["labels"] = candidates_lib.sample_with_gold(top, data.gold, k, rng)
     state["mined_at"] = key
@@ -382,8 +392,7 @@ def _joint(config, workdir, dataset, mesh):
     state["batches"] += 1
     index = local["example_index"]
     rows = state["rows"][index]
-    return dict(local, **table.gather(rows, "view"),
-                **(whole.gather(rows, "global") if whole is not None else {}),
+    return dict(local, **gather_views(tables, rows),
                 **teacher_rows(data, t_table, index, rows, config),
                 label=state["labels"][index].astype(np.int32), candidate_valid=rows >= 0)
 
