@@ -35,6 +35,15 @@ def test_every_experiment_has_runlocal(path):
   assert path.read_text().lstrip().startswith(('"""', 'r"""')), "docstring with the command"
 
 
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_names_a_trainer_module(path):
+  from zel_jax import train  # pylint: disable=g-import-not-at-top
+  config = _parse(f"--config={path}:runlocal")
+  if "trainer" not in config:
+    pytest.skip(f"{path.name} is not a training config (no trainer)")
+  assert callable(train.trainer_module(config.trainer).train_and_evaluate)
+
+
 # The command lines' own flag handling (absl app + locked config file flag), minus JAX.
 _CLI = """
 from absl import app

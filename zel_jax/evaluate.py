@@ -73,6 +73,33 @@ def recall_report(ranks: np.ndarray, worlds: Sequence[str], categories: Sequence
   return report
 
 
+def _f1(p: float, r: float) -> float:
+  return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def typing_report(gold: Sequence[Sequence[int]], predicted: Sequence[Sequence[int]]
+                  ) -> dict[str, float]:
+  """Ultra-fine entity typing metrics (Choi et al., 2018), percentages. Macro: precision
+  averaged over the examples with a prediction, recall over the examples with gold types,
+  F1 of the two; micro: over all (example, type) pairs."""
+  p_sum = r_sum = 0.0
+  p_n = r_n = hits = n_pred = n_gold = 0
+  for g, y in zip(gold, predicted, strict=True):
+    g, y = set(g), set(y)
+    both = len(g & y)
+    hits, n_pred, n_gold = hits + both, n_pred + len(y), n_gold + len(g)
+    if y:
+      p_sum, p_n = p_sum + both / len(y), p_n + 1
+    if g:
+      r_sum, r_n = r_sum + both / len(g), r_n + 1
+  macro_p, macro_r = p_sum / max(p_n, 1), r_sum / max(r_n, 1)
+  micro_p, micro_r = hits / max(n_pred, 1), hits / max(n_gold, 1)
+  pct = lambda x: round(100.0 * x, 4)
+  return {"macro_p": pct(macro_p), "macro_r": pct(macro_r),
+          "macro_f1": pct(_f1(macro_p, macro_r)), "micro_p": pct(micro_p),
+          "micro_r": pct(micro_r), "micro_f1": pct(_f1(micro_p, micro_r))}
+
+
 def _accuracies(predicted_rows: np.ndarray, rows: np.ndarray, gold: np.ndarray
                 ) -> dict[str, float]:
   correct = predicted_rows == gold
@@ -177,14 +204,15 @@ def embed_rows(encode: Callable, params: Any, feats: dict[str, np.ndarray], mesh
 
 
 def encoders(model: biencoder.BiEncoder) -> tuple[Callable, Callable]:
-  """Jitted (params, ids, mask) -> float32 embeddings for mentions and for entities."""
+  """Jitted (params, ids, mask) -> float32 embeddings for mentions and for entities (the
+  model's own encode methods: subclasses such as the type-aware bi-encoder override them)."""
   def mentions(params, ids, mask):
     return model.apply({"params": params}, ids, mask,
-                       method=biencoder.BiEncoder.encode_mentions).astype(jnp.float32)
+                       method=type(model).encode_mentions).astype(jnp.float32)
 
   def entities(params, ids, mask):
     return model.apply({"params": params}, ids, mask,
-                       method=biencoder.BiEncoder.encode_entities).astype(jnp.float32)
+                       method=type(model).encode_entities).astype(jnp.float32)
 
   return jax.jit(mentions), jax.jit(entities)
 
@@ -419,13 +447,25 @@ def run_rerank(workdir: str, config, data: str, split: str, world: str | None,
   return report
 
 
+def retriever_trainer(config):
+  """The trainer module that builds and restores a retriever workdir's model: the
+  type-aware bi-encoder's for configs/etzel_multitask.py, BLINK's otherwise (MVD's student
+  is a BLINK bi-encoder)."""
+  # pylint: disable=g-import-not-at-top
+  if config.get("trainer") == "etzel":
+    from zel_jax.trainers import etzel
+    return etzel
+  from zel_jax.trainers import biencoder
+  return biencoder
+
+
 def run(workdir: str, data: str | None, split: str, store: str, world: str | None,
         baseline: str | None, top_k: int, bm25_context_words: int = 0,
         candidates: str | None = None, views: str | None = None) -> dict[str, Any]:
   """The CLI's work as a function (notebooks, the quickstart). views: what an MVD
   retriever's store holds (default its config.evals.views); a bi-encoder's is "global"."""
-  from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
   config = loop.load_config(workdir)
+  trainer = retriever_trainer(config)
   data = data or config.data.dir
   reranker = config.get("trainer") == "crossencoder" or (
       config.get("trainer") == "mvd" and config.mvd.stage == "teacher")
@@ -434,6 +474,12 @@ def run(workdir: str, data: str | None, split: str, store: str, world: str | Non
                      "cross-encoder")
   if config.get("trainer") == "crossencoder":
     return run_rerank(workdir, config, data, split, world, candidates)
+  if config.get("trainer") == "typing":
+    if baseline or world or candidates:
+      raise ValueError(f"{workdir} holds an entity typing model: it evaluates typing F1 on a "
+                       "split (no --baseline, --world or --candidates)")
+    from zel_jax.trainers import typing as typing_trainer  # pylint: disable=g-import-not-at-top
+    return typing_trainer.run_eval(workdir, config, data, split)
   restore, default_views = trainer.restore_params, "global"
   if config.get("trainer") == "mvd":
     from zel_jax.trainers import mvd  # pylint: disable=g-import-not-at-top

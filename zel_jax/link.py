@@ -39,8 +39,8 @@ class Linker:
 
   def __init__(self, workdir: str, data: str | None, world: str, store: str = "exact",
                untrained: bool = False):
-    from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
     self.config = loop.load_config(workdir)
+    trainer = evaluate.retriever_trainer(self.config)
     self.dataset = zeshel.ZeshelDataset(data or self.config.data.dir)
     if world not in self.dataset.worlds():
       raise ValueError(f"unknown world {world!r}; worlds: {self.dataset.worlds()}")

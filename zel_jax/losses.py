@@ -189,3 +189,17 @@ def mvd_alignment(student: jax.Array, teacher: jax.Array, view_valid: jax.Array,
   weight = candidate_valid.astype(jnp.float32)
   self_ = (per_candidate * weight).sum(-1) / jnp.maximum(weight.sum(-1), 1.0)
   return _mean_over_valid(cross, valid), _mean_over_valid(self_, valid)
+
+
+def multi_label_bce(logits: jax.Array, labels: jax.Array,
+                    valid: jax.Array | None = None) -> jax.Array:
+  """Multi-label binary cross-entropy over every type (UFET; Sui et al. 2022's typing losses):
+  mean over the T types of each example, then over valid examples.
+
+  logits [B, T]; labels [B, K] type indices, -1 padding (an example's K-or-fewer types).
+  """
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32).max(axis=1)
+  x = logits.astype(jnp.float32)
+  # log(1 + e^x) - x * y, written to stay finite for large |x|.
+  per_type = jnp.maximum(x, 0) - x * targets + jnp.log1p(jnp.exp(-jnp.abs(x)))
+  return _mean_over_valid(per_type.mean(-1), valid)

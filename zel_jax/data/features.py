@@ -207,17 +207,7 @@ class Featurizer:
     mention_n = np.minimum(mention_n, big_l - 4)
     right, right_n = self.encode_pieces(contexts_right, big_l, keep="first")
 
-    m = mention_n + 2
-    left_quota = (big_l - m) // 2 - 1
-    right_quota = big_l - m - left_quota - 2
-    right_grows = (left_n <= left_quota) & (right_n > right_quota)
-    left_grows = (left_n > left_quota) & (right_n <= right_quota)
-    right_quota, left_quota = (np.where(right_grows, right_quota + left_quota - left_n,
-                                        right_quota),
-                               np.where(left_grows, left_quota + right_quota - right_n,
-                                        left_quota))
-    left_keep = np.minimum(left_n, left_quota)
-    right_keep = np.minimum(right_n, right_quota)
+    left_keep, right_keep = _balance(left_n, right_n, big_l - mention_n - 4)
     ones = np.ones(len(mentions), np.int64)
     zeros = np.zeros(len(mentions), np.int64)
     return _assemble([
@@ -239,6 +229,86 @@ class Featurizer:
               zip(documents, starts, ends, strict=True)]
     lefts, mentions, rights = zip(*pieces) if pieces else ((), (), ())
     return self.mention_features(lefts, mentions, rights, max_length)
+
+  def typing_features(self, contexts_left: Sequence[str], mentions: Sequence[str],
+                      contexts_right: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """`[CLS] mention [SEP] ctx_left mention ctx_right [SEP]`, the input of BERT entity
+    typing: the mention (its first (max_length - 3) // 4 tokens) then its sentence, the
+    context budget balanced around the mention as in `mention_features`.
+
+    Returns input_ids, attention_mask and token_type_ids (1 on the sentence), [N, max_length].
+    """
+    if max_length < 7:
+      raise ValueError(f"a typing input needs max_length >= 7, got {max_length}")
+    if not len(contexts_left) == len(mentions) == len(contexts_right):
+      raise ValueError(f"{len(contexts_left)} left contexts, {len(mentions)} mentions, "
+                       f"{len(contexts_right)} right contexts")
+    cap = (max_length - 3) // 4
+    mention, mention_n = self.encode_pieces(mentions, cap, keep="first")
+    left, left_n = self.encode_pieces(contexts_left, max_length, keep="last")
+    right, right_n = self.encode_pieces(contexts_right, max_length, keep="first")
+    left_keep, right_keep = _balance(left_n, right_n, max_length - 3 - 2 * mention_n)
+    ones = np.ones(len(mentions), np.int64)
+    zeros = np.zeros(len(mentions), np.int64)
+    out = _assemble([
+        (self.cls_id, zeros, ones), (mention, zeros, mention_n), (self.sep_id, zeros, ones),
+        (left, left_n - left_keep, left_keep), (mention, zeros, mention_n),
+        (right, zeros, right_keep), (self.sep_id, zeros, ones),
+    ], max_length, self.pad_id)
+    first = (mention_n + 2)[:, None]
+    out["token_type_ids"] = ((np.arange(max_length)[None] >= first) &
+                             (out["attention_mask"] > 0)).astype(np.int32)
+    return out
+
+  def pair_features(self, firsts: Sequence[str], seconds: Sequence[str], max_length: int
+                    ) -> dict[str, np.ndarray]:
+    """`[CLS] first [SEP] second [SEP]` (a type and its description; a title and a chunk of
+    its description): the first text whole up to half the row, the second filling the rest.
+
+    Returns input_ids, attention_mask and token_type_ids (1 on the second), [N, max_length].
+    """
+    if max_length < 4:
+      raise ValueError(f"a pair needs max_length >= 4, got {max_length}")
+    if len(firsts) != len(seconds):
+      raise ValueError(f"{len(firsts)} first texts for {len(seconds)} second texts")
+    first, first_n = self.encode_pieces(firsts, max(1, (max_length - 3) // 2), keep="first")
+    second, second_n = self.encode_pieces(seconds, max_length, keep="first")
+    second_keep = np.minimum(second_n, max_length - 3 - first_n)
+    ones = np.ones(len(firsts), np.int64)
+    zeros = np.zeros(len(firsts), np.int64)
+    out = _assemble([(self.cls_id, zeros, ones), (first, zeros, first_n),
+                     (self.sep_id, zeros, ones), (second, zeros, second_keep),
+                     (self.sep_id, zeros, ones)], max_length, self.pad_id)
+    out["token_type_ids"] = ((np.arange(max_length)[None] >= (first_n + 2)[:, None]) &
+                             (out["attention_mask"] > 0)).astype(np.int32)
+    return out
+
+  def chunked_pair_features(self, firsts: Sequence[str], seconds: Sequence[str],
+                            max_length: int, max_chunks: int
+                            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`[CLS] first [SEP] chunk [SEP]` for each consecutive chunk of the second text's tokens
+    (type extraction reads a title and its description this way, 128 tokens a row): a row
+    per chunk, at most max_chunks per text, every text at least one row. Returns the
+    pair_features-style arrays [R, max_length] and owner [R], the text of each row."""
+    if max_length < 4 or max_chunks < 1:
+      raise ValueError(f"max_length {max_length} (>= 4) and max_chunks {max_chunks} (>= 1)")
+    first, first_n = self.encode_pieces(firsts, max(1, (max_length - 3) // 2), keep="first")
+    room = max_length - 3 - first_n                                  # [N] chunk sizes
+    second, second_n = self.encode_pieces(seconds, int(room.max(initial=1)) * max_chunks,
+                                          keep="first")
+    chunks = np.clip(-(-second_n // room), 1, max_chunks)            # ceil, at least one
+    owner = np.repeat(np.arange(len(firsts)), chunks)
+    index = np.arange(len(owner)) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    offset = index * room[owner]
+    keep = np.clip(second_n[owner] - offset, 0, room[owner])
+    ones = np.ones(len(owner), np.int64)
+    zeros = np.zeros(len(owner), np.int64)
+    out = _assemble([(self.cls_id, zeros, ones), (first[owner], zeros, first_n[owner]),
+                     (self.sep_id, zeros, ones), (second[owner], offset, keep),
+                     (self.sep_id, zeros, ones)], max_length, self.pad_id)
+    out["token_type_ids"] = ((np.arange(max_length)[None] >= (first_n[owner] + 2)[:, None]) &
+                             (out["attention_mask"] > 0)).astype(np.int32)
+    return out, owner
 
   def entity_features(self, titles: Sequence[str] | None, descriptions: Sequence[str],
                       max_length: int) -> dict[str, np.ndarray]:
@@ -325,6 +395,21 @@ def _cut_words(texts: list, max_words: int, keep: str) -> tuple[list, np.ndarray
 def _cut_texts(texts: list, max_words: int, keep: str) -> tuple[list, np.ndarray]:
   rows, cut = _cut_words(texts, max_words, keep)
   return [" ".join(r) for r in rows], cut
+
+
+def _balance(left_n: np.ndarray, right_n: np.ndarray, room: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Tokens kept left and right of a mention when `room` tokens are free: half each (the
+  right side takes the odd one), a side that needs less giving the rest to the other."""
+  left_quota = room // 2
+  right_quota = room - left_quota
+  right_grows = (left_n <= left_quota) & (right_n > right_quota)
+  left_grows = (left_n > left_quota) & (right_n <= right_quota)
+  right_quota, left_quota = (np.where(right_grows, right_quota + left_quota - left_n,
+                                      right_quota),
+                             np.where(left_grows, left_quota + right_quota - right_n,
+                                      left_quota))
+  return np.minimum(left_n, left_quota), np.minimum(right_n, right_quota)
 
 
 def _pad_rows(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
