@@ -338,3 +338,30 @@ def test_multitask_without_extracted_types_says_what_to_run(tiny, tmp_path):
   config.typing.types_dir = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=r"nowhere/computing.json.*etzel_typing"):
     etzel.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+def test_typing_and_linking_layers_start_from_the_top_layer(tiny):
+  import configs.etzel_multitask as recipe
+  from zel_jax import sharding
+  from zel_jax.trainers import etzel
+  data, bert_dir, vocab = tiny
+  config = recipe.get_config("runlocal")
+  config.data.dir, config.model.pretrained = str(data), str(bert_dir)
+  config.typing.vocabulary = str(vocab)
+  config.mesh = [("data", 4), ("fsdp", 2)]
+  mesh = sharding.make_mesh(config.mesh)
+  model, _ = etzel.build_model(config, mesh)
+  shardings = etzel.param_shardings(config, model, mesh)
+  params = etzel.pretrained_params(config, model, shardings, jax.random.PRNGKey(0))
+  for side in ("mention", "entity"):
+    top = params[side]["layer_1"]  # the tiny BERT's last layer
+    for stack in (f"{side}_typing", f"{side}_linking"):
+      jax.tree_util.tree_map(np.testing.assert_array_equal, params[stack]["layer_0"], top)
+  # Separate buffers: the update donates them all.
+  buffers = [x.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(params)
+             for x in [leaf.addressable_shards[0].data]]
+  assert len(buffers) == len(set(buffers))
+  config.typing.layers_init = "random"
+  fresh = etzel.pretrained_params(config, model, shardings, jax.random.PRNGKey(0))
+  assert not np.allclose(fresh["mention_typing"]["layer_0"]["output"]["kernel"],
+                         params["mention"]["layer_1"]["output"]["kernel"])

@@ -61,8 +61,11 @@ def pretrained_params(config, model, shardings, rng):
     if config.typing.layers_init == "top_layer":
       top = params[side][f"layer_{model.config.num_layers - 1}"]
       for stack in (f"{side}_typing", f"{side}_linking"):
-        params[stack] = {name: jax.device_put(top, shardings[stack][name])
-                         for name in params[stack]}
+        # Fresh buffers for each copy: the update donates its parameters, and one buffer
+        # under two names would be donated twice.
+        params[stack] = {name: jax.tree_util.tree_map(
+            lambda x, s: jax.device_put(jnp.array(x, copy=True), s), top,
+            shardings[stack][name]) for name in params[stack]}
     elif config.typing.layers_init != "random":
       raise ValueError(f"config.typing.layers_init {config.typing.layers_init!r} is not "
                        "'top_layer' or 'random'")
