@@ -455,8 +455,8 @@ def retriever_trainer(config):
   if config.get("trainer") == "etzel":
     from zel_jax.trainers import etzel
     return etzel
-  from zel_jax.trainers import biencoder
-  return biencoder
+  from zel_jax.trainers import biencoder as biencoder_trainer
+  return biencoder_trainer
 
 
 def run(workdir: str, data: str | None, split: str, store: str, world: str | None,
