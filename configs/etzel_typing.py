@@ -68,6 +68,7 @@ def get_config(arg=None):
   config.typing.extract_chunks = 8  # At most this many rows per entity.
   config.typing.extract_threshold = 0.1
   config.typing.extract_block = 8192  # Entities featurized and predicted at a time.
+  config.typing.types_dir = ""      # Where extraction writes <world>.json; "": DATA/types.
 
   # Model.
   config.model = common.encoder({"base": "bert-base-uncased",
