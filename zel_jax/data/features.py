@@ -267,21 +267,7 @@ class Featurizer:
 
     Returns input_ids, attention_mask and token_type_ids (1 on the second), [N, max_length].
     """
-    if max_length < 4:
-      raise ValueError(f"a pair needs max_length >= 4, got {max_length}")
-    if len(firsts) != len(seconds):
-      raise ValueError(f"{len(firsts)} first texts for {len(seconds)} second texts")
-    first, first_n = self.encode_pieces(firsts, max(1, (max_length - 3) // 2), keep="first")
-    second, second_n = self.encode_pieces(seconds, max_length, keep="first")
-    second_keep = np.minimum(second_n, max_length - 3 - first_n)
-    ones = np.ones(len(firsts), np.int64)
-    zeros = np.zeros(len(firsts), np.int64)
-    out = _assemble([(self.cls_id, zeros, ones), (first, zeros, first_n),
-                     (self.sep_id, zeros, ones), (second, zeros, second_keep),
-                     (self.sep_id, zeros, ones)], max_length, self.pad_id)
-    out["token_type_ids"] = ((np.arange(max_length)[None] >= (first_n + 2)[:, None]) &
-                             (out["attention_mask"] > 0)).astype(np.int32)
-    return out
+    return self.chunked_pair_features(firsts, seconds, max_length, max_chunks=1)[0]
 
   def chunked_pair_features(self, firsts: Sequence[str], seconds: Sequence[str],
                             max_length: int, max_chunks: int
@@ -292,6 +278,8 @@ class Featurizer:
     pair_features-style arrays [R, max_length] and owner [R], the text of each row."""
     if max_length < 4 or max_chunks < 1:
       raise ValueError(f"max_length {max_length} (>= 4) and max_chunks {max_chunks} (>= 1)")
+    if len(firsts) != len(seconds):
+      raise ValueError(f"{len(firsts)} first texts for {len(seconds)} second texts")
     first, first_n = self.encode_pieces(firsts, max(1, (max_length - 3) // 2), keep="first")
     room = max_length - 3 - first_n                                  # [N] chunk sizes
     second, second_n = self.encode_pieces(seconds, int(room.max(initial=1)) * max_chunks,

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from zel_jax import losses, sharding
 from zel_jax.data import typing as typing_data
 from zel_jax.data import zeshel
+from zel_jax.models import biencoder
 from zel_jax.models import typing as typing_model
 from zel_jax.trainers import biencoder as biencoder_trainer
 from zel_jax.trainers import loop
@@ -39,14 +39,10 @@ def build_model(config, mesh):
   return model, featurizer
 
 
-def param_shardings(config, model, mesh, log: bool = False):
-  return loop.param_shardings(config, typing_model.abstract_params(model), mesh, log)
-
-
-def random_params(model, shardings, rng):
-  ids = jnp.zeros((1, 1), jnp.int32)
-  init = lambda r: nn.unbox(model.init(r, ids, ids, ids, ids)["params"])
-  return jax.jit(init, out_shardings=shardings)(rng)
+# The type-aware model is a BiEncoder: BLINK's trainer shards, initializes and restores it.
+param_shardings = biencoder_trainer.param_shardings
+random_params = biencoder_trainer.random_params
+restore_params = biencoder_trainer.restore_params
 
 
 def pretrained_params(config, model, shardings, rng):
@@ -70,11 +66,6 @@ def pretrained_params(config, model, shardings, rng):
       raise ValueError(f"config.typing.layers_init {config.typing.layers_init!r} is not "
                        "'top_layer' or 'random'")
   return params
-
-
-def restore_params(workdir: str, config, model, mesh, step: int | None = None):
-  return loop.restore_params(workdir, typing_model.abstract_params(model),
-                             param_shardings(config, model, mesh), step)
 
 
 def entity_type_rows(config, data: biencoder_trainer.TrainingData) -> np.ndarray:
@@ -139,7 +130,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                len(data.groups), len(types), float((types >= 0).sum(1).mean()),
                time.time() - t0)
   recipe = loop.Recipe(
-      abstract_params=typing_model.abstract_params(model),
+      abstract_params=biencoder.abstract_params(model),
       random_params=lambda shardings, rng: random_params(model, shardings, rng),
       pretrained_params=lambda shardings, rng: pretrained_params(config, model, shardings,
                                                                  rng),
