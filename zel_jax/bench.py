@@ -4,7 +4,8 @@
   python -m zel_jax.bench train [--batch_size=32 --mention_length=128 --entity_length=128]
   python -m zel_jax.bench encode [--data=data/foldoc --world=foldoc --encode_length=128]
   python -m zel_jax.bench rerank [--data=data/foldoc --rerank_mentions=256 --rerank_k=16]
-  python -m zel_jax.bench mvd [--mvd_variant=runlocal --mvd_batch_size=4]
+  python -m zel_jax.bench mvd [--mvd_variant=runlocal --mvd_batch_size=4 --mvd_dtype=float32
+                              --mvd_remat=]
 
 train: pairs/s of the jitted bi-encoder update (MiniLM-L6, two towers, in-batch loss, AdamW,
 clipping) against the same model and batch in PyTorch (transformers' BertModel) in the same
@@ -86,6 +87,10 @@ _RERANK_BATCH = flags.DEFINE_integer("rerank_batch_size", 2,
 _MVD_VARIANT = flags.DEFINE_string("mvd_variant", "runlocal",
                                    "mvd: the configs/mvd.py variant whose shapes to time.")
 _MVD_BATCH = flags.DEFINE_integer("mvd_batch_size", 4, "mvd: mentions per step (both steps).")
+_MVD_DTYPE = flags.DEFINE_string("mvd_dtype", "float32",
+                                 "mvd: compute dtype of both steps (bfloat16 on TPU/GPU).")
+_MVD_REMAT = flags.DEFINE_string("mvd_remat", "", "mvd: rematerialization policy of both "
+                                 "steps' layers (models.bert.REMAT_POLICIES; '': none).")
 
 
 # ----------------------------------------------------------------------------- data
@@ -431,7 +436,8 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
           "matmul_fraction": round(step_flops / zel_s / ceiling, 3)}
 
 
-def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
+def bench_mvd(variant: str, batch_size: int, seconds: float, dtype: str = "float32",
+              remat: str = "") -> dict[str, Any]:
   """Seconds per jitted update of MVD's joint step (student over K candidates x S views,
   teacher over the same pairs, both losses and alignments) against the BLINK bi-encoder's
   in-batch step, same encoder, same mentions per step, full-length random token rows."""
@@ -447,9 +453,13 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
   arg = "runlocal" if variant == "runlocal" else f"variant={variant}"
   config = mvd_config.get_config(f"{arg},stage=joint")
   config.model.pretrained = _MODEL.value
+  config.model.dtype = dtype
+  config.model.remat = remat
   config.batch_size = batch_size
   bi_config = blink_biencoder.get_config(arg)
   bi_config.model.pretrained = _MODEL.value
+  bi_config.model.dtype = dtype
+  bi_config.model.remat = remat
   mesh = sharding.make_mesh(config.mesh)
   rng = np.random.default_rng(0)
   b, k, s = batch_size, int(config.mvd.num_candidates), int(config.mvd.train_views)
@@ -463,9 +473,15 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
     shardings = loop.param_shardings(config, abstract, mesh)
     params = init(shardings)
     optimizer, schedule = optim.make_optimizer(config.optimizer, 10_000)
-    update = jax.jit(loop.make_update(loss_fn, optimizer, schedule, config),
-                     donate_argnums=(0, 1))
     batch = sharding.global_batch(batch, mesh, config.sharding.batch_axes)
+    state = (params, optimizer.init(params))
+    update = jax.jit(loop.make_update(loss_fn, optimizer, schedule, config),
+                     donate_argnums=(0, 1)).lower(
+                         *state, jnp.int32(1), batch, jax.random.PRNGKey(0)).compile()
+    # Per-device bytes XLA plans for the step's temporaries (activations kept for the
+    # backward pass dominate); None where the backend does not report it.
+    memory = update.memory_analysis()
+    temp_gb = None if memory is None else round(memory.temp_size_in_bytes / 2**30, 2)
 
     def step(state):
       p, o = state
@@ -473,7 +489,7 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
       jax.block_until_ready(m["loss"])
       return (p, o)
 
-    return _time_steps(step, (params, optimizer.init(params)), seconds)
+    return _time_steps(step, state, seconds), temp_gb
 
   student, _ = bi_trainer.build_model(config, mesh)
   teacher, _ = cross_trainer.build_model(mvd.teacher_config(config), mesh)
@@ -489,7 +505,7 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
                                                 ones(b, k, s, lv - 1)], -1),
       "teacher_valid": np.ones((b, k, s), bool), "label": np.zeros(b, np.int32),
       "candidate_valid": np.ones((b, k), bool), "valid": np.ones(b, bool)}
-  joint_s = timed_update(
+  joint_s, joint_gb = timed_update(
       mvd.joint_loss_fn(student, teacher, config),
       {"student": biencoder.abstract_params(student),
        "teacher": crossencoder.abstract_params(teacher)},
@@ -500,14 +516,17 @@ def bench_mvd(variant: str, batch_size: int, seconds: float) -> dict[str, Any]:
   bi_batch = {"mention_input_ids": ids(b, lm), "mention_attention_mask": ones(b, lm),
               "entity_input_ids": ids(b, le), "entity_attention_mask": ones(b, le),
               "entity_index": np.arange(b, dtype=np.int32), "valid": np.ones(b, bool)}
-  bi_s = timed_update(bi_trainer.make_loss_fn(bi_model, bi_config),
+  bi_s, bi_gb = timed_update(bi_trainer.make_loss_fn(bi_model, bi_config),
                       biencoder.abstract_params(bi_model),
                       lambda sh: bi_trainer.random_params(bi_model, sh, key), bi_batch)
-  return {"variant": variant, "mentions_per_step": b, "candidates": k, "views": s,
+  return {"variant": variant, "dtype": dtype, "platform": jax.devices()[0].platform,
+          "mentions_per_step": b, "candidates": k, "views": s,
           "lengths": {"mention": lm, "view": lv, "teacher_pair": lc, "bi_entity": le,
                       "global_view": lg if config.mvd.train_global_view else 0},
           "devices": jax.device_count(), "mvd_step_s": round(joint_s, 3),
-          "biencoder_step_s": round(bi_s, 3), "ratio": round(joint_s / bi_s, 2)}
+          "biencoder_step_s": round(bi_s, 3), "ratio": round(joint_s / bi_s, 2),
+          "remat": config.model.remat or "none", "mvd_temp_gib": joint_gb,
+          "biencoder_temp_gib": bi_gb}
 
 
 def _time_steps(step, state, seconds: float, warmup: int = 2) -> float:
@@ -708,7 +727,8 @@ def run_encode() -> dict[str, Any]:
 
 
 def run_mvd() -> dict[str, Any]:
-  return bench_mvd(_MVD_VARIANT.value, _MVD_BATCH.value, _SECONDS.value)
+  return bench_mvd(_MVD_VARIANT.value, _MVD_BATCH.value, _SECONDS.value, _MVD_DTYPE.value,
+                   _MVD_REMAT.value)
 
 
 # Subcommands: name -> function returning the JSON object printed as the last stdout line.
