@@ -257,8 +257,10 @@ def distant_labels(text: str, index: dict[str, int], title: str | None = None) -
 # Extracted types beside a world: DATA/types/<world>.json, one JSON object per entity.
 
 
-def types_path(data_dir: os.PathLike | str, world: str) -> pathlib.Path:
-  return pathlib.Path(data_dir) / "types" / f"{world}.json"
+def types_path(data_dir: os.PathLike | str, world: str,
+               types_dir: os.PathLike | str = "") -> pathlib.Path:
+  """A world's extracted-types file: in `types_dir` when given, else DATA/types."""
+  return pathlib.Path(types_dir or pathlib.Path(data_dir) / "types") / f"{world}.json"
 
 
 def write_types(path: os.PathLike | str, rows: Iterable[tuple[str, Sequence[str]]]) -> int:

@@ -72,10 +72,9 @@ def entity_type_rows(config, data: biencoder_trainer.TrainingData) -> np.ndarray
   """[E, K] type indices (-1 padding) of every training entity, from the extracted-types
   files; an entity missing from its world's file is an error naming the file."""
   index = typing_data.TypeVocabulary.load(config.typing.vocabulary).index
-  types_dir = config.typing.types_dir or os.path.join(config.data.dir, "types")
-  labels = {}
+  labels, paths = {}, {}
   for world in np.unique(data.entity_worlds):
-    path = os.path.join(types_dir, f"{world}.json")
+    path = paths[world] = typing_data.types_path(config.data.dir, world, config.typing.types_dir)
     if not os.path.exists(path):
       raise FileNotFoundError(
           f"{path}: no extracted types for world {world!r}; train the typing model first "
@@ -84,7 +83,7 @@ def entity_type_rows(config, data: biencoder_trainer.TrainingData) -> np.ndarray
   rows = []
   for world, doc in zip(data.entity_worlds.tolist(), data.entity_doc_ids.tolist()):
     if doc not in labels[world]:
-      raise KeyError(f"{types_dir}/{world}.json: no row for entity {doc!r}")
+      raise KeyError(f"{paths[world]}: no row for entity {doc!r}")
     rows.append(labels[world][doc])
   width = int(config.typing.max_labels)
   out = np.full((len(rows), width), -1, np.int32)

@@ -10,7 +10,6 @@ typed from `title [SEP] description`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Iterator
 
@@ -251,9 +250,8 @@ def extract_world(model, params, featurizer, vocabulary, dataset: zeshel.ZeshelD
   config.typing.extract_block at a time and the file written as they go (a temporary file
   renamed at the end, by process 0) to config.typing.types_dir/<world>.json, by default
   DATA/types/<world>.json. Returns counts for the report."""
-  if out_path is None:
-    out_path = (os.path.join(config.typing.types_dir, f"{world}.json") if config.typing.types_dir
-                else str(typing_data.types_path(dataset.data_dir, world)))
+  out_path = out_path or str(typing_data.types_path(dataset.data_dir, world,
+                                                    config.typing.types_dir))
   counts = {"entities": 0, "rows": 0, "types": 0}
   k = int(config.typing.max_types)
   top = top_types_fn(model, k)  # One compile per row width for the whole world.
