@@ -474,6 +474,14 @@ def run(workdir: str, data: str | None, split: str, store: str, world: str | Non
                      "cross-encoder")
   if config.get("trainer") == "crossencoder":
     return run_rerank(workdir, config, data, split, world, candidates)
+  if config.get("trainer") == "entqa_reader":
+    raise ValueError(f"{workdir} holds an EntQA reader: evaluate it with --end_to_end")
+  if config.get("trainer") == "entqa_retriever":
+    if baseline or candidates or views:
+      raise ValueError(f"{workdir} holds an EntQA retriever: it evaluates passage recall on "
+                       "a split (no --baseline, --candidates or --views)")
+    from zel_jax.trainers import entqa_retriever  # pylint: disable=g-import-not-at-top
+    return entqa_retriever.run_eval(workdir, config, data, split, top_k, world)
   if config.get("trainer") == "typing":
     if baseline or world or candidates:
       raise ValueError(f"{workdir} holds an entity typing model: it evaluates typing F1 on a "
@@ -515,6 +523,90 @@ def run(workdir: str, data: str | None, split: str, store: str, world: str | Non
   return report
 
 
+def title_match(dataset: zeshel.ZeshelDataset, docs, worlds: Sequence[str],
+                exclude_self: bool = True) -> list[tuple]:
+  """The end-to-end baseline: every exact (case-sensitive) occurrence of an entity title in a
+  document's words, longest title first, left to right, without overlaps; a title shared by
+  several entities links to the first in file order, and a document never links to itself.
+  Returns [(doc_id, c0, c1, entity_id, 1.0)]."""
+  from zel_jax.data import documents as documents_lib  # pylint: disable=g-import-not-at-top
+  titles: dict[str, dict[tuple[str, ...], str]] = {}
+  out = []
+  for doc, world in zip(docs, worlds):
+    if world not in titles:
+      table: dict[tuple[str, ...], str] = {}
+      for entity in dataset.iter_entities(world):
+        words = tuple(zeshel.tokenize(entity.title))
+        if words:
+          table.setdefault(words, entity.document_id)
+      titles[world] = table
+    table = titles[world]
+    longest = max((len(t) for t in table), default=0)
+    spans = documents_lib.word_char_spans(doc.text)
+    words = [doc.text[a:b] for a, b in spans]
+    i = 0
+    while i < len(words):
+      for n in range(min(longest, len(words) - i), 0, -1):
+        entity = table.get(tuple(words[i:i + n]))
+        if entity is not None and not (exclude_self and entity == doc.doc_id):
+          out.append((doc.doc_id, spans[i][0], spans[i + n - 1][1], entity, 1.0))
+          i += n
+          break
+      else:
+        i += 1
+  return out
+
+
+def run_end_to_end(workdir: str, data: str | None, split: str, *, input_path: str | None = None,
+                   world: str | None = None, threshold: float | None = None,
+                   calibrate: bool = False, top_k: int | None = None,
+                   baseline: str | None = None, documents: str | None = None,
+                   max_documents: int = -1) -> dict[str, Any]:
+  """End-to-end linking of a split's documents (or a GERBIL-style JSON-lines file) with an
+  EntQA reader workdir: InKB micro P/R/F1 with strong matching and mention detection F1.
+  calibrate: pick gamma on these documents and write it to W/threshold.json instead."""
+  from zel_jax.data import documents as documents_lib  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import entqa_reader  # pylint: disable=g-import-not-at-top
+  config = loop.load_config(workdir)
+  if config.get("trainer") != "entqa_reader":
+    raise ValueError(f"--end_to_end needs an EntQA reader workdir (configs/entqa_reader.py); "
+                     f"{workdir} holds a {config.get('trainer')!r} run")
+  dataset = zeshel.ZeshelDataset(data or config.data.dir)
+  if input_path:
+    if not world:
+      raise ValueError("--input documents need --world: the world whose entities they name")
+    kb = {e.document_id for e in dataset.iter_entities(world)}
+    docs, counts = documents_lib.read_gerbil_jsonl(input_path, kb)
+    worlds, source = [world] * len(docs), input_path
+  else:
+    if documents:
+      config.data.documents = documents
+    docs, worlds = entqa_reader.split_documents(config, dataset, split, max_documents,
+                                                config.seed)
+    if world:
+      keep = [i for i, w in enumerate(worlds) if w == world]
+      docs, worlds = [docs[i] for i in keep], [worlds[i] for i in keep]
+    counts, source = {"documents": len(docs)}, split
+  if baseline == "title_match":
+    t0 = time.time()
+    predicted = title_match(dataset, docs, worlds)
+    report = entqa_reader.end_to_end_report(entqa_reader.gold_set(docs), predicted)
+    report.update(baseline="title_match", documents=len(docs),
+                  documents_per_s=round(len(docs) / max(time.time() - t0, 1e-9), 2))
+  elif baseline:
+    raise ValueError(f"--baseline={baseline}: end-to-end evaluation has the title_match "
+                     "baseline only")
+  else:
+    e2e = entqa_reader.EndToEnd(workdir, data)
+    if calibrate:
+      report = entqa_reader.run_calibration(e2e, docs, worlds, source, top_k)
+    else:
+      report = entqa_reader.evaluate_documents(e2e, docs, worlds, e2e.threshold(threshold),
+                                               top_k)
+  report.update(source=source, input_counts=counts)
+  return report
+
+
 def define_flags() -> None:
   """Command-line flags, defined only when this module is the program (several CLIs import
   each other's functions)."""
@@ -526,8 +618,23 @@ def define_flags() -> None:
   flags.DEFINE_string("split", "test", "Mention split to evaluate.")
   flags.DEFINE_enum("store", "exact", ["exact", "scann", "device"], "Candidate store.")
   flags.DEFINE_string("world", None, "Evaluate one world only.")
-  flags.DEFINE_enum("baseline", None, ["bm25", "untrained"],
-                                "Evaluate BM25, or the encoder before training, instead.")
+  flags.DEFINE_enum("baseline", None, ["bm25", "untrained", "title_match"],
+                    "Evaluate BM25, or the encoder before training, instead; with "
+                    "--end_to_end, exact title matches.")
+  flags.DEFINE_bool("end_to_end", False,
+                    "EntQA reader workdirs: link whole documents and report InKB micro "
+                    "P/R/F1 (strong match) and mention-detection F1.")
+  flags.DEFINE_alias("end-to-end", "end_to_end")
+  flags.DEFINE_string("input", None, "--end_to_end: GERBIL-style JSON lines (text, labels) "
+                      "instead of the split's documents; needs --world.")
+  flags.DEFINE_float("threshold", None, "--end_to_end: gamma (default: W/threshold.json, "
+                     "else the config's reader.threshold).")
+  flags.DEFINE_bool("calibrate", False, "--end_to_end: pick gamma on these documents and "
+                    "write W/threshold.json.")
+  flags.DEFINE_string("documents", None, "--end_to_end: 'mentions' or 'dictd_split' "
+                      "(default: the config's data.documents).")
+  flags.DEFINE_integer("max_documents", -1, "--end_to_end: a fixed subset of this many "
+                       "documents.")
   flags.DEFINE_integer("top_k", 100, "Candidates retrieved and written per mention.")
   flags.DEFINE_alias("top-k", "top_k")
   flags.DEFINE_integer("bm25_context_words", 0,
@@ -541,6 +648,22 @@ def main(argv):
   sharding.use_cpu_cores_as_devices()
   metrics.quiet_library_logs()
   del argv
+  if FLAGS.end_to_end:
+    report = run_end_to_end(
+        FLAGS.workdir, FLAGS.data, FLAGS.split, input_path=FLAGS.input, world=FLAGS.world,
+        threshold=FLAGS.threshold, calibrate=FLAGS.calibrate,
+        top_k=FLAGS.top_k if FLAGS["top_k"].present else None, baseline=FLAGS.baseline,
+        documents=FLAGS.documents, max_documents=FLAGS.max_documents)
+    if "gamma" in report:
+      logging.info("calibrated gamma %.4f: F1 %.2f", report["gamma"], report["f1"])
+    else:
+      logging.info("end-to-end: InKB P/R/F1 %.2f / %.2f / %.2f, MD F1 %.2f (%d gold, %d "
+                   "predicted)", report["inkb_micro_p"], report["inkb_micro_r"],
+                   report["inkb_micro_f1"], report["md_f1"], report["gold"],
+                   report["predicted"])
+    sys.stdout.flush()
+    print(json.dumps(report))
+    return
   report = run(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.store, FLAGS.world,
                FLAGS.baseline, FLAGS.top_k, FLAGS.bm25_context_words, FLAGS.candidates,
                FLAGS.views)

@@ -14,6 +14,15 @@ The world's entity store is built once per checkpoint and kept under W/stores/, 
 calls load it instead of re-encoding the knowledge base. With --rerank, the top-k retrieved
 entities are scored by the cross-encoder and returned in its order; "score" is then the
 cross-encoder's and "retrieval_score" the bi-encoder's.
+
+EntQA end to end (`--end-to-end`, --workdir an EntQA reader): the input is whole documents,
+`--text="..."` or JSON lines {"text", "id"?, "topic"?}; the retriever finds each passage's
+candidate entities, the reader their mentions, and each output line repeats the input and
+adds "spans": [{start, end, mention, document_id, title, score}] (character offsets into
+the text, end exclusive) for the spans scoring above the threshold gamma.
+
+  python -m zel_jax.link --end-to-end --workdir=W_READ --world=foldoc \
+      --text="Emacs is an editor written in Lisp."
 """
 
 from __future__ import annotations
@@ -189,6 +198,35 @@ def marked_text(text: str) -> dict[str, Any]:
 
 
 
+def link_documents(e2e, records: Sequence[dict[str, Any]], world: str,
+                   threshold: float | None = None, top_k: int | None = None
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """EntQA end to end: raw texts ({"text", "id"?, "topic"?}) -> the spans above gamma, each
+  with its entity and score, best first within a document."""
+  from zel_jax.data import documents as documents_lib  # pylint: disable=g-import-not-at-top
+  docs = []
+  for i, record in enumerate(records):
+    if not isinstance(record.get("text"), str):
+      raise ValueError(f"input line {i + 1}: field 'text' missing or not a string")
+    docs.append(documents_lib.Document(str(record.get("id", f"input:{i}")), record["text"],
+                                       record.get("topic"), ()))
+  predicted, timing = e2e.predict(docs, [world] * len(docs), top_k)
+  gamma = e2e.threshold(threshold)
+  entities = e2e.dataset.entities(world)
+  by_doc: dict[str, list] = {d.doc_id: [] for d in docs}
+  for doc_id, c0, c1, entity, score in predicted:
+    if score > gamma:
+      by_doc[doc_id].append((c0, c1, entity, score))
+  out = []
+  for record, doc in zip(records, docs):
+    spans = sorted(by_doc[doc.doc_id], key=lambda x: (x[0], x[1]))
+    out.append({**record, "spans": [
+        {"start": c0, "end": c1, "mention": doc.text[c0:c1], "document_id": entity,
+         "title": entities[entity].title, "score": round(float(score), 4)}
+        for c0, c1, entity, score in spans]})
+  return out, dict(timing, threshold=gamma)
+
+
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
   records = []
   with open(path) as f:
@@ -214,6 +252,11 @@ def define_flags() -> None:
   flags.DEFINE_alias("top-k", "top_k")
   flags.DEFINE_enum("store", "exact", ["exact", "scann", "device"], "Candidate store.")
   flags.DEFINE_string("rerank", None, "A cross-encoder workdir: rerank the top-k with it.")
+  flags.DEFINE_bool("end_to_end", False, "EntQA: --workdir is a reader; --text (or each "
+                    "--input line's text) is a whole document whose mentions are found.")
+  flags.DEFINE_alias("end-to-end", "end_to_end")
+  flags.DEFINE_float("threshold", None, "--end_to_end: gamma (default: the reader's "
+                     "calibrated one).")
 
 
 def main(argv):
@@ -222,6 +265,9 @@ def main(argv):
   del argv
   if bool(FLAGS.input) == bool(FLAGS.text):
     raise app.UsageError("give exactly one of --input and --text")
+  if FLAGS.end_to_end:
+    _main_end_to_end()
+    return
   linker = Linker(FLAGS.workdir, FLAGS.data, FLAGS.world, FLAGS.store)
   records = _read_jsonl(FLAGS.input) if FLAGS.input else [marked_text(FLAGS.text)]
   reranker = Reranker(FLAGS.rerank) if FLAGS.rerank else None
@@ -238,6 +284,27 @@ def main(argv):
   sys.stdout.flush()
   print(json.dumps({"linked": len(linked), "output": FLAGS.output,
                     "top": [r["entities"][0] if r["entities"] else None for r in linked[:3]]}))
+
+
+def _main_end_to_end() -> None:
+  from zel_jax.trainers import entqa_reader  # pylint: disable=g-import-not-at-top
+  e2e = entqa_reader.EndToEnd(FLAGS.workdir, FLAGS.data)
+  records = _read_jsonl(FLAGS.input) if FLAGS.input else [{"text": FLAGS.text}]
+  top_k = FLAGS.top_k if FLAGS["top_k"].present else None
+  linked, timing = link_documents(e2e, records, FLAGS.world, FLAGS.threshold, top_k)
+  if FLAGS.output:
+    tmp = FLAGS.output + ".tmp"
+    with open(tmp, "w") as f:
+      for record in linked:
+        f.write(json.dumps(record) + "\n")
+    os.replace(tmp, FLAGS.output)
+  for record in linked[:5] if FLAGS.output else linked:
+    for span in record["spans"]:
+      print(f"{span['mention']!r} [{span['start']}:{span['end']}] -> {span['title']} "
+            f"({span['score']:.3f})")
+  sys.stdout.flush()
+  print(json.dumps({"documents": len(linked), "spans": sum(len(r["spans"]) for r in linked),
+                    "output": FLAGS.output, **timing}))
 
 
 FLAGS = flags.FLAGS

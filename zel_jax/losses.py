@@ -203,3 +203,97 @@ def multi_label_bce(logits: jax.Array, labels: jax.Array,
   # log(1 + e^x) - x * y, written to stay finite for large |x|.
   per_type = jnp.maximum(x, 0) - x * targets + jnp.log1p(jnp.exp(-jnp.abs(x)))
   return _mean_over_valid(per_type.mean(-1), valid)
+
+
+# ------------------------------------------------------------------------------------------
+# EntQA (Zhang, Hua and Stratos, 2022): a passage has several gold entities.
+
+
+def _first_occurrence(ids: jax.Array) -> jax.Array:
+  """[B, N] ids -> [B, N] bool, True where the id did not occur earlier in its row."""
+  n = ids.shape[1]
+  same = ids[:, :, None] == ids[:, None, :]
+  earlier = jnp.tril(jnp.ones((n, n), bool), k=-1)
+  return ~jnp.any(same & earlier[None], axis=-1)
+
+
+def multi_label_nce(passage_emb: jax.Array, gold_emb: jax.Array, gold_ids: jax.Array,
+                    gold_valid: jax.Array, negative_emb: jax.Array, negative_ids: jax.Array,
+                    negative_valid: jax.Array | None = None,
+                    valid: jax.Array | None = None) -> jax.Array:
+  """EntQA's retriever loss (Eq. 1), a multi-label NCE: for a passage x with gold entities
+  E(x) and negatives N(x),
+
+    L(x) = - sum_{g in E(x)} log( exp(s_g) / (exp(s_g) + sum_{n in N(x)} exp(s_n)) ),
+
+  s = <passage, entity>. Each gold is normalized over itself and the negatives only: the
+  other golds are in no gold's denominator, so a passage is never pushed to rank one of its
+  golds below another. Mean of L over valid passages.
+
+  passage_emb [B, D]; gold_emb [B, G, D] with gold_ids, gold_valid [B, G] (E(x) is a set:
+  a repeated gold id counts once); negative_emb [B, N, D] with negative_ids [B, N]. A
+  negative whose id is any valid gold of its passage is dropped (it would be a false
+  negative), a negative repeated in a row counts once, negative_valid [B, N] drops padding
+  slots, valid [B] padded passages.
+  """
+  gold = jnp.einsum("bd,bgd->bg", passage_emb, gold_emb, preferred_element_type=jnp.float32)
+  neg = jnp.einsum("bd,bnd->bn", passage_emb, negative_emb,
+                   preferred_element_type=jnp.float32)
+  gold_valid = gold_valid.astype(bool) & _first_occurrence(gold_ids)
+  is_gold = jnp.any((negative_ids[:, :, None] == gold_ids[:, None, :]) & gold_valid[:, None],
+                    axis=-1)
+  keep = ~is_gold & _first_occurrence(negative_ids)
+  if negative_valid is not None:
+    keep = keep & negative_valid.astype(bool)
+  # With every negative masked the denominator is exp(s_g) alone (+ e^-1e9): loss 0.
+  negatives = jax.nn.logsumexp(jnp.where(keep, neg, _NEG), axis=-1)  # [B]
+  per_gold = jnp.logaddexp(gold, negatives[:, None]) - gold
+  per_passage = jnp.where(gold_valid, per_gold, 0.0).sum(-1)
+  return _mean_over_valid(per_passage, valid)
+
+
+def _sum_gold_nll(logits: jax.Array, labels: jax.Array, allowed: jax.Array | None) -> jax.Array:
+  """-sum over the multi-hot gold positions of log softmax(logits) over the allowed
+  positions of the last axis."""
+  logits = logits.astype(jnp.float32)
+  if allowed is not None:
+    logits = jnp.where(allowed.astype(bool), logits, _NEG)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.where(labels.astype(bool), log_probs, 0.0).sum(-1)
+
+
+def reader_loss(start_logits: jax.Array, end_logits: jax.Array, rank_logits: jax.Array,
+                start_labels: jax.Array, end_labels: jax.Array, rank_labels: jax.Array,
+                span_mask: jax.Array | None = None,
+                candidate_valid: jax.Array | None = None,
+                valid: jax.Array | None = None) -> jax.Array:
+  """EntQA's reader loss (Eq. 2) for a passage x and its K candidates e_1..e_K:
+
+    L(x) = - sum_k sum_{s in S_k} log p_start(s | x, e_k)
+           - sum_k sum_{t in T_k} log p_end(t | x, e_k)
+           - sum_{k: e_k in E(x)} log p_rerank(e_k | x, e_1..e_K)
+
+  p_start, p_end: softmax of start_logits, end_logits [B, K, 1+L] over the positions that
+  span_mask [B, K, 1+L] allows; position 0 is [CLS], the null span. S_k, T_k are the
+  multi-hot start_labels, end_labels [B, K, 1+L]: the starts and ends of all of e_k's gold
+  spans in x when e_k is gold, {0} when it is not (the caller sets position 0; a row of
+  zeros contributes nothing). p_rerank: softmax of rank_logits [B, K] over the valid
+  candidates, rank_labels [B, K] multi-hot over E(x). candidate_valid [B, K] drops empty
+  candidate slots from every term; valid [B] padded passages. Mean of L over valid passages.
+
+  Several golds (spans or entities) each add their own -log p, every one normalized over all
+  positions or candidates, other golds included: the reference code's `sum_log`, its default
+  for both the span and the rank terms. Summing over positions rather than over spans, a
+  start shared by two gold spans counts once; gold spans never share one where they do not
+  overlap. The paper adds the three terms; the reference code
+  averages them, (start + end + rank) / 3, a constant factor that rescales the gradient only.
+  """
+  span_terms = (_sum_gold_nll(start_logits, start_labels, span_mask)
+                + _sum_gold_nll(end_logits, end_labels, span_mask))  # [B, K]
+  if candidate_valid is not None:
+    span_terms = jnp.where(candidate_valid.astype(bool), span_terms, 0.0)
+  rank_labels = rank_labels.astype(bool)
+  if candidate_valid is not None:
+    rank_labels = rank_labels & candidate_valid.astype(bool)
+  rank = _sum_gold_nll(rank_logits, rank_labels, candidate_valid)  # [B]
+  return _mean_over_valid(span_terms.sum(-1) + rank, valid)

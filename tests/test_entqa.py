@@ -1,0 +1,241 @@
+"""EntQA end to end: the retriever and reader trainers on the tiny world, the metrics, the
+title-match baseline, the threshold calibration, and the evaluate / link command paths."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tiny_world
+from zel_jax import evaluate, link
+from zel_jax.data import documents as documents_lib
+from zel_jax.data import zeshel
+from zel_jax.trainers import entqa_reader, entqa_retriever
+
+
+def _doc(doc_id, text, spans=()):
+  return documents_lib.Document(doc_id, text, None, tuple(
+      documents_lib.GoldSpan(*s) for s in spans))
+
+
+# ------------------------------------------------------------------------------------------
+# Metrics, baseline, threshold.
+
+
+def test_end_to_end_report_strong_and_mention_detection():
+  gold = {("d1", 0, 4, "A"), ("d1", 10, 14, "B"), ("d2", 3, 5, "C")}
+  perfect = [(*g, 0.9) for g in gold]
+  report = entqa_reader.end_to_end_report(gold, perfect)
+  assert report["inkb_micro_f1"] == 100.0 and report["md_f1"] == 100.0
+  # A wrong entity on a right span: strong matching loses it, mention detection does not.
+  wrong = [("d1", 0, 4, "A", 0.9), ("d1", 10, 14, "X", 0.9), ("d2", 3, 5, "C", 0.9),
+           ("d3", 0, 2, "A", 0.9)]  # d3 has no gold: a false positive.
+  report = entqa_reader.end_to_end_report(gold, wrong)
+  assert report["inkb_micro_p"] == 50.0                 # 2 of 4
+  assert report["inkb_micro_r"] == pytest.approx(66.67)  # 2 of 3
+  assert report["inkb_micro_f1"] == pytest.approx(57.14)
+  assert report["md_p"] == 75.0 and report["md_r"] == 100.0
+  assert entqa_reader.end_to_end_report(gold, [])["inkb_micro_f1"] == 0.0
+
+
+def test_calibrate_picks_the_best_f1_threshold():
+  gold = {("d", 0, 1, "A"), ("d", 2, 3, "B")}
+  predicted = [("d", 0, 1, "A", 0.9), ("d", 2, 3, "B", 0.5), ("d", 4, 5, "C", 0.3),
+               ("d", 6, 7, "D", 0.2)]
+  result = entqa_reader.calibrate(gold, predicted, grid=[0.1, 0.25, 0.4, 0.6])
+  # 0.4 keeps exactly the two golds (F1 100); 0.6 loses B, 0.25 and 0.1 add false ones.
+  assert result["gamma"] == 0.4 and result["f1"] == 100.0
+  assert 0.3 <= entqa_reader.calibrate(gold, predicted)["gamma"] < 0.5
+
+
+def test_title_match_longest_first_without_overlap_or_self(tmp_path):
+  root = tmp_path / "data"
+  (root / "documents").mkdir(parents=True)
+  (root / "mentions").mkdir()
+  entities = [("E1", "Unix"), ("E2", "Unix shell"), ("E3", "shell"), ("E4", "C"),
+              ("E5", "shell")]  # A second "shell": the first in file order wins.
+  with open(root / "documents" / "w.json", "w") as f:
+    for doc_id, title in entities:
+      f.write(json.dumps({"document_id": doc_id, "title": title, "text": title + " ."}) + "\n")
+  (root / "mentions" / "test.json").write_text("")
+  dataset = zeshel.ZeshelDataset(root)
+  text = "a Unix shell and a shell in C or Unix"
+  doc = _doc("D", text)
+  found = evaluate.title_match(dataset, [doc], ["w"])
+  spans = [(text[c0:c1], e) for _, c0, c1, e, _ in found]
+  assert spans == [("Unix shell", "E2"), ("shell", "E3"), ("C", "E4"), ("Unix", "E1")]
+  own = _doc("E3", "the shell")  # An entity's own text never links to itself.
+  assert evaluate.title_match(dataset, [own], ["w"]) == []
+
+
+def test_training_lists_put_missed_golds_last_and_label_spans():
+  rows = np.asarray([[5, 6, 7, 8], [1, 2, 3, -1]])
+  golds = [np.asarray([7, 9]), np.asarray([4])]
+  out = entqa_reader.with_golds(rows, golds)
+  # 9 was missed: it replaces the lowest-ranked non-gold (8); 4 replaces the last slot.
+  assert out.tolist() == [[5, 6, 7, 9], [1, 2, 3, 4]]
+
+
+# ------------------------------------------------------------------------------------------
+# The trainers, evaluate and link on the tiny world.
+
+
+def _retriever_config(data, model_dir, **overrides):
+  import configs.entqa_retriever as recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.get_config("runlocal")
+  config.data.dir = str(data)
+  config.model.pretrained = str(model_dir)
+  config.model.pooling = "mean"
+  config.model.hidden_dropout = config.model.attention_dropout = 0.0
+  config.data.passage_length = 12
+  config.data.passage_stride = 6
+  config.data.topic_tokens = 4
+  config.data.entity_length = 12
+  config.data.max_train_passages = 24
+  config.negatives.num = 4
+  config.negatives.hard_fraction = 0.25
+  config.negatives.hard_top = 6
+  config.batch_size = 8
+  config.num_train_steps = 8        # 3 batches an epoch: mined in epochs 0, 1 and 2.
+  config.log_every = 2
+  config.checkpoint_every = 4
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_fraction = 0.0
+  config.eval_batch_size = 16
+  config.evals.splits = ("train", "test")
+  config.evals.max_train_passages = 40
+  config.evals.top_k = 8
+  config.mesh = [("data", 4), ("fsdp", 2)]
+  return tiny_world._override(config, overrides)  # pylint: disable=protected-access
+
+
+def _reader_config(data, model_dir, retriever, **overrides):
+  import configs.entqa_reader as recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.get_config("runlocal")
+  config.data.dir = str(data)
+  config.data.candidates = str(retriever)
+  config.model.pretrained = str(model_dir)
+  config.model.hidden_dropout = config.model.attention_dropout = 0.0
+  config.data.entity_length = 12
+  config.data.num_candidates = 4
+  config.reader.top_k = 4
+  # A from-scratch 2-layer reader needs ~80 steps at a high rate before any span beats the
+  # null span (it then reads the training documents' mentions back).
+  config.batch_size = 8
+  config.num_train_steps = 80
+  config.log_every = 10
+  config.checkpoint_every = 40
+  config.optimizer.learning_rate = 1e-2
+  config.optimizer.warmup_fraction = 0.0
+  config.eval_batch_size = 8
+  config.evals.splits = ("test",)
+  config.evals.calibrate_split = "val"
+  config.evals.calibrate_documents = 6
+  config.mesh = [("data", 4), ("fsdp", 2)]
+  return tiny_world._override(config, overrides)  # pylint: disable=protected-access
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("entqa")
+  data = tiny_world.write_world(root / "data")
+  model_dir = tiny_world.write_tiny_bert(root / "bert")
+  retriever = root / "retriever"
+  ret_result = entqa_retriever.train_and_evaluate(_retriever_config(data, model_dir),
+                                                  str(retriever))
+  reader = root / "reader"
+  read_result = entqa_reader.train_and_evaluate(_reader_config(data, model_dir, retriever),
+                                                str(reader))
+  return data, model_dir, retriever, reader, ret_result, read_result
+
+
+def test_retriever_trains_mines_and_writes_passage_candidates(trained):
+  data, _, retriever, _, result, _ = trained
+  assert np.isfinite(result["loss"])
+  test = result["evals"]["test"]
+  assert test["passages_with_gold"] > 0
+  assert 0.0 <= test["passage_recall@1"] <= test["passage_recall@8"] <= 100.0
+  assert test["passage_recall@8"] <= test["recall@8"]  # All golds of a passage is stricter.
+  lines = [json.loads(x) for x in open(retriever / "candidates" / "passages_test.jsonl")]
+  assert len(lines) == test["passages"]
+  # A context document is an entity of the world too: it never retrieves itself.
+  assert all(x["document_id"] not in x["candidates"] for x in lines)
+  assert all(len(x["candidates"]) == 8 for x in lines)
+  # The last checkpoint carries the negatives mined for its epoch, for an exact resume.
+  meta = json.load(open(retriever / "eval_train.json"))
+  assert meta["passages"] == 40
+  dataset = zeshel.ZeshelDataset(data)
+  assert all(x["world"] == "computing" and x["candidates"][0] in dataset for x in lines)
+
+
+def test_retriever_resume_restores_mined_negatives(trained, tmp_path, monkeypatch):
+  import shutil  # pylint: disable=g-import-not-at-top
+  data, model_dir, retriever, _, _, _ = trained
+  meta = json.loads((retriever / "checkpoints" / "8" / "meta" / "metadata").read_text())
+  # Step 8 is in epoch 2 (3 batches an epoch): the negatives mined when it started.
+  assert meta["hard_negatives_epoch"] == 2
+  hard = np.asarray(meta["hard_negatives"])
+  assert hard.shape == (24, 6) and (hard >= -1).all()
+  # Resuming at step 8 and going on to 10: step 9 uses the restored negatives, step 10
+  # starts epoch 3 and mines once. Without the restore it would mine for epoch 2 too.
+  workdir = tmp_path / "resumed"
+  shutil.copytree(retriever, workdir)
+  mined = []
+  real = entqa_retriever.mine_hard
+
+  def counting(*args, **kwargs):
+    mined.append(1)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(entqa_retriever, "mine_hard", counting)
+  config = _retriever_config(data, model_dir, num_train_steps=10)
+  config.evals.splits = ()
+  entqa_retriever.train_and_evaluate(config, str(workdir))
+  assert len(mined) == 1
+  meta = json.loads((workdir / "checkpoints" / "10" / "meta" / "metadata").read_text())
+  assert meta["hard_negatives_epoch"] == 3
+
+
+def test_reader_trains_calibrates_and_evaluates_end_to_end(trained, tmp_path):
+  data, _, _, reader, _, result = trained
+  assert np.isfinite(result["loss"])
+  calibration = json.load(open(reader / entqa_reader.THRESHOLD_FILE))
+  assert calibration["split"] == "val" and calibration["documents"] == 6
+  test = result["evals"]["test"]
+  for key in ("inkb_micro_p", "inkb_micro_r", "inkb_micro_f1", "md_f1", "documents_per_s"):
+    assert key in test
+  assert test["threshold"] == calibration["gamma"]
+  assert test["md_f1"] >= test["inkb_micro_f1"]
+  # The evaluate command path gives the same report, and the baseline runs beside it.
+  report = evaluate.run_end_to_end(str(reader), None, "test")
+  assert report["inkb_micro_f1"] == test["inkb_micro_f1"]
+  base = evaluate.run_end_to_end(str(reader), None, "test", baseline="title_match")
+  assert base["gold"] == test["gold"] and base["inkb_micro_r"] > 0
+  # The same documents in GERBIL's JSON-lines form score the same.
+  docs, _ = entqa_reader.split_documents(entqa_reader.EndToEnd(str(reader)).config,
+                                         zeshel.ZeshelDataset(data), "test")
+  path = tmp_path / "test.jsonl"
+  documents_lib.write_gerbil_jsonl(path, docs)
+  gerbil = evaluate.run_end_to_end(str(reader), None, "test", input_path=str(path),
+                                   world="computing")
+  assert gerbil["gold"] == test["gold"]
+  assert gerbil["inkb_micro_f1"] == test["inkb_micro_f1"]
+
+
+def test_link_end_to_end_maps_spans_back_to_the_raw_text(trained):
+  data, _, _, reader, _, _ = trained
+  e2e = entqa_reader.EndToEnd(str(reader))
+  # A training document as raw text, with runs of spaces the stored text does not have: the
+  # spans must come back as offsets into this string.
+  doc = zeshel.ZeshelDataset(data).document("C000")
+  text = doc.text.replace(" : ", " :   ").replace(" the ", "  the ")
+  linked, timing = link.link_documents(e2e, [{"text": text, "id": "x", "topic": doc.title}],
+                                       "computing", threshold=0.0)
+  assert timing["documents"] == 1 and timing["passages"] >= 1
+  spans = linked[0]["spans"]
+  assert spans, "the reader finds a training document's mentions again"
+  for span in spans:
+    assert text[span["start"]:span["end"]] == span["mention"]
+    assert span["mention"] == span["mention"].strip() and span["score"] > 0.0
+  with pytest.raises(ValueError, match="field 'text'"):
+    link.link_documents(e2e, [{"txt": text}], "computing")

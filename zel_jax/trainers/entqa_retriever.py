@@ -1,0 +1,531 @@
+"""EntQA's retriever (Zhang, Hua and Stratos, ICLR 2022, Sec. 2.1): a bi-encoder that
+retrieves, for a whole passage of a document, the entities mentioned in it, before any
+mention is found.
+
+Passages are windows of L wordpieces with stride S (32 / 16 in the paper) with the
+document's topic after a separator, `[CLS] passage [SEP] topic [SEP]`; they go through the
+mention tower of BLINK's bi-encoder (models/biencoder.py, so a BLINK run can be the starting
+point: `config.init_from`), entities through its entity tower. The loss is the multi-label
+NCE of Eq. 1 (losses.multi_label_nce): each gold entity of a passage against N negatives,
+never against the passage's other golds; negatives are drawn at random from the passage's
+world (90%) and from the current model's top entities (10%, re-mined when an epoch starts).
+
+After training it reports passage-level recall@k (every gold of a passage among its top k)
+and micro recall@k over (passage, gold) pairs, and writes each evaluated split's candidates
+to `W/candidates/passages_<split>.jsonl` for the reader (trainers/entqa_reader.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from zel_jax import losses, sharding
+from zel_jax.data import documents as documents_lib
+from zel_jax.data import examples as examples_lib
+from zel_jax.data import features as features_lib
+from zel_jax.data import zeshel
+from zel_jax.models import biencoder
+from zel_jax.trainers import biencoder as biencoder_trainer
+from zel_jax.trainers import loop
+
+KS = (1, 2, 4, 8, 16, 32, 64, 100)
+TOPICS = ("title", "first_sentence", "first_token", "none")
+
+# The model is BLINK's bi-encoder: passages take the mention tower.
+build_model = biencoder_trainer.build_model
+param_shardings = biencoder_trainer.param_shardings
+restore_params = biencoder_trainer.restore_params
+
+
+# ------------------------------------------------------------------------------------------
+# Data: documents -> passages with their gold entities.
+
+
+@dataclasses.dataclass
+class EntityTable:
+  """The entities of several worlds as one table of global rows."""
+  features: dict[str, np.ndarray]   # input_ids, attention_mask [E, Le]
+  worlds: np.ndarray                # [E]
+  doc_ids: np.ndarray               # [E]
+  titles: list[str]
+  texts: list[str]
+
+  def __len__(self) -> int:
+    return len(self.doc_ids)
+
+  def row_of(self) -> dict[tuple[str, str], int]:
+    return {(w, d): i for i, (w, d) in enumerate(zip(self.worlds.tolist(),
+                                                    self.doc_ids.tolist()))}
+
+  def rows_of_world(self, world: str) -> np.ndarray:
+    return np.flatnonzero(self.worlds == world)
+
+
+def entity_table(dataset: zeshel.ZeshelDataset, worlds: Sequence[str], featurizer,
+                 length: int) -> EntityTable:
+  parts = [examples_lib.world_entities(dataset, w, featurizer, length) for w in sorted(worlds)]
+  return EntityTable(
+      {k: np.concatenate([p.features[k] for p in parts]) for k in ("input_ids",
+                                                                   "attention_mask")},
+      np.concatenate([[p.world] * len(p.ids) for p in parts]).astype(str),
+      np.concatenate([p.ids for p in parts]).astype(str),
+      [t for p in parts for t in p.titles], [t for p in parts for t in p.texts])
+
+
+@dataclasses.dataclass
+class PassageSet:
+  """A split's documents cut into passages, each with its gold entities (global rows)."""
+  documents: list[documents_lib.Document]
+  doc_worlds: np.ndarray                # [D]
+  passages: features_lib.Passages
+  golds: list[np.ndarray]               # [P] distinct gold rows, spans wholly inside
+  exclude: list[np.ndarray]             # [P] never negatives: golds, cut spans, own document
+  self_row: np.ndarray                  # [P] the document's own entity row, or -1
+  gold_spans: list[list[tuple[int, int, int]]]  # [P] (j0, j1, row), passage-relative tokens
+  counts: dict[str, int]
+
+  def __len__(self) -> int:
+    return len(self.golds)
+
+  @property
+  def worlds(self) -> np.ndarray:
+    return self.doc_worlds[self.passages.document]
+
+  def key(self, p: int) -> tuple[str, int]:
+    return (self.documents[self.passages.document[p]].doc_id, int(self.passages.token_start[p]))
+
+
+def topic_of(document: documents_lib.Document, how: str) -> str:
+  """The topic text appended to every passage of a document (EntQA appends the title)."""
+  if how not in TOPICS:
+    raise ValueError(f"data.topic={how!r}: one of {TOPICS}")
+  if how == "title":
+    return document.topic or ""
+  if how == "first_sentence":
+    sentences = features_lib.split_sentences(document.text)
+    return sentences[0] if sentences else ""
+  if how == "first_token":
+    return document.text.split(" ", 1)[0]
+  return ""
+
+
+def split_documents(config, dataset: zeshel.ZeshelDataset, split: str
+                    ) -> list[documents_lib.Document]:
+  return documents_lib.zeshel_documents(dataset, split, select=config.data.documents)
+
+
+def passage_set(config, dataset: zeshel.ZeshelDataset, featurizer,
+                docs: Sequence[documents_lib.Document], table: EntityTable,
+                worlds: Sequence[str] | None = None) -> PassageSet:
+  """Passages of `docs` (their worlds: `worlds`, default the world holding each document in
+  `dataset`) with gold rows into `table`. A gold naming an entity the table lacks is an
+  error (NIL golds are dropped when documents are read)."""
+  docs = list(docs)
+  if worlds is None:
+    worlds = [dataset.world_of(d.doc_id) for d in docs]
+  doc_worlds = np.asarray(worlds, dtype=str) if docs else np.zeros(0, str)
+  row_of = table.row_of()
+  topics = None
+  if config.data.topic != "none":
+    topics = [topic_of(d, config.data.topic) for d in docs]
+  passages = features_lib.passage_features(
+      featurizer, [d.text for d in docs], topics, length=int(config.data.passage_length),
+      stride=int(config.data.passage_stride), topic_tokens=int(config.data.topic_tokens))
+  doc_spans = []
+  for d, world in zip(docs, doc_worlds.tolist()):
+    spans = []
+    for s in d.spans:
+      row = row_of.get((world, s.entity))
+      if row is None:
+        raise ValueError(f"document {d.doc_id!r}: gold entity {s.entity!r} at "
+                         f"[{s.start}:{s.end}] is not an entity of world {world!r}")
+      spans.append((s.start, s.end, row))
+    doc_spans.append(spans)
+  gold_tuples, partial, counts = features_lib.passage_golds(passages, doc_spans)
+  n = len(passages.document)
+  gold_spans: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+  for p, j0, j1, row in gold_tuples:
+    gold_spans[p].append((int(j0), int(j1), int(row)))
+  self_of_doc = np.asarray([row_of.get((w, d.doc_id), -1) if config.data.exclude_self else -1
+                            for d, w in zip(docs, doc_worlds.tolist())], np.int64)
+  self_row = self_of_doc[passages.document] if n else np.zeros(0, np.int64)
+  golds = [np.unique(np.asarray([r for _, _, r in spans], np.int64)) for spans in gold_spans]
+  exclude = [np.unique(np.concatenate([g, np.asarray(list(partial[p]), np.int64),
+                                       self_row[p:p + 1][self_row[p:p + 1] >= 0]]))
+             for p, g in enumerate(golds)]
+  counts = dict(counts, documents=len(docs), passages=n,
+                passages_with_gold=int(sum(len(g) > 0 for g in golds)),
+                gold_pairs=int(sum(len(g) for g in golds)))
+  return PassageSet(docs, doc_worlds, passages, golds, exclude, self_row, gold_spans, counts)
+
+
+# Passages fields with one row per passage (the others are per document).
+_PER_PASSAGE = ("input_ids", "attention_mask", "passage_ids", "document", "token_start",
+                "num_tokens", "char_offsets")
+
+
+def subset(pset: PassageSet, keep: np.ndarray) -> PassageSet:
+  """The passages `keep` of a set (documents unchanged)."""
+  p = pset.passages
+  passages = dataclasses.replace(p, **{name: getattr(p, name)[keep] for name in _PER_PASSAGE})
+  return dataclasses.replace(
+      pset, passages=passages, golds=[pset.golds[i] for i in keep],
+      exclude=[pset.exclude[i] for i in keep], self_row=pset.self_row[keep],
+      gold_spans=[pset.gold_spans[i] for i in keep])
+
+
+# ------------------------------------------------------------------------------------------
+# Negatives.
+
+
+def random_negatives(world_rows: np.ndarray, exclude: np.ndarray, n: int,
+                     rng: np.random.Generator) -> np.ndarray:
+  """n distinct rows of world_rows not in exclude (fewer when the world is that small)."""
+  pool_size = len(world_rows) - len(exclude)
+  n = max(0, min(n, pool_size))
+  picked: list[int] = []
+  seen = set(exclude.tolist())
+  while len(picked) < n:
+    for row in world_rows[rng.integers(0, len(world_rows), 2 * (n - len(picked)) + 4)]:
+      if row not in seen:
+        seen.add(int(row))
+        picked.append(int(row))
+        if len(picked) == n:
+          break
+  return np.asarray(picked, np.int64)
+
+
+def retrieve(model, params, pset: PassageSet, table: EntityTable, config, mesh, k: int,
+             vector_cache: dict | None = None, store_dir: str | None = None,
+             desc: str = "passages") -> tuple[np.ndarray, np.ndarray]:
+  """Each passage's top-k entity rows of its own world (its own document left out) and
+  their scores, [P, k] (-1 / -inf where a world has fewer). store_dir: where each world's
+  store is saved (the linker loads it)."""
+  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
+  encode_passages, encode_entities = evaluate.encoders(model)
+  axes = config.sharding.batch_axes
+  emb = evaluate.embed_rows(encode_passages, params,
+                            {"input_ids": pset.passages.input_ids,
+                             "attention_mask": pset.passages.attention_mask},
+                            mesh, config.eval_batch_size, axes, desc=desc)
+  rows = np.full((len(pset), k), -1, np.int64)
+  scores = np.full((len(pset), k), -np.inf, np.float32)
+  cache = {} if vector_cache is None else vector_cache
+  worlds = pset.worlds
+  for world in np.unique(worlds):
+    members = table.rows_of_world(world)
+    if world not in cache:
+      cache[world] = evaluate.embed_rows(
+          encode_entities, params, {name: v[members] for name, v in table.features.items()},
+          mesh, config.eval_batch_size, axes, desc=f"{world} entities")
+    store = evaluate.build_store("exact", cache[world], ids=members)
+    if store_dir is not None and jax.process_index() == 0:
+      store.save(os.path.join(store_dir, str(world)))
+    sel = np.flatnonzero(worlds == world)
+    kk = min(k + 1, len(members))
+    found_scores, found = store.search(emb[sel], kk)
+    own = found == pset.self_row[sel][:, None]
+    for i, p in enumerate(sel):
+      keep = ~own[i]
+      n = min(k, int(keep.sum()))
+      rows[p, :n] = found[i][keep][:n]
+      scores[p, :n] = found_scores[i][keep][:n]
+  return rows, scores
+
+
+def mine_hard(model, params, pset: PassageSet, table: EntityTable, config, mesh
+              ) -> np.ndarray:
+  """Hard negatives [P, top]: each passage's best-scoring entities under the current model,
+  its golds, cut spans and own document removed; -1 where fewer."""
+  top = int(config.negatives.hard_top)
+  widest = max((len(e) for e in pset.exclude), default=0)
+  rows, _ = retrieve(model, params, pset, table, config, mesh, top + widest,
+                     desc="mine: passages")
+  out = np.full((len(pset), top), -1, np.int64)
+  for p in range(len(pset)):
+    kept = rows[p][(rows[p] >= 0) & ~np.isin(rows[p], pset.exclude[p])][:top]
+    out[p, :len(kept)] = kept
+  return out
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def recall_report(rows: np.ndarray, golds: Sequence[np.ndarray], ks: Sequence[int] = KS
+                  ) -> dict[str, Any]:
+  """Passage recall@k (all golds of a passage in its top k, over passages with a gold) and
+  micro recall@k over (passage, gold) pairs, in percent."""
+  has = [p for p, g in enumerate(golds) if len(g)]
+  report: dict[str, Any] = {"passages_with_gold": len(has),
+                            "gold_pairs": int(sum(len(golds[p]) for p in has))}
+  for k in ks:
+    if k > rows.shape[1]:
+      continue
+    found = [np.isin(golds[p], rows[p, :k]) for p in has]
+    report[f"passage_recall@{k}"] = round(100 * float(np.mean([f.all() for f in found]))
+                                          if has else 0.0, 2)
+    report[f"recall@{k}"] = round(100 * float(np.concatenate(found).mean()) if has else 0.0, 2)
+  return report
+
+
+def candidates_path(workdir: str, split: str) -> str:
+  return os.path.join(workdir, "candidates", f"passages_{split}.jsonl")
+
+
+def write_candidates(path: str, pset: PassageSet, table: EntityTable, rows: np.ndarray,
+                     scores: np.ndarray) -> None:
+  """JSON lines {document_id, world, token_start, candidates, scores}, atomically."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  worlds = pset.worlds
+  with open(path + ".tmp", "w") as f:
+    for p in range(len(pset)):
+      doc_id, start = pset.key(p)
+      filled = rows[p] >= 0
+      f.write(json.dumps({"document_id": doc_id, "world": str(worlds[p]), "token_start": start,
+                          "candidates": table.doc_ids[rows[p][filled]].tolist(),
+                          "scores": [round(float(s), 5) for s in scores[p][filled]]}) + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def read_candidates(path: str, pset: PassageSet, table: EntityTable, top: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Rows and scores [P, top] of `pset`'s passages from a passages_<split>.jsonl; a passage
+  the file lacks is an error (it was written with other passage settings or documents)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no passage candidates; evaluate the retriever on this "
+                            "split first (configs/entqa_retriever.py, evals.splits)")
+  row_of = table.row_of()
+  by_key = {}
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      try:
+        record = json.loads(line)
+        key = (record["document_id"], int(record["token_start"]))
+        by_key[key] = ([row_of[(record["world"], d)] for d in record["candidates"][:top]],
+                       record["scores"][:top])
+      except (ValueError, KeyError) as e:
+        raise zeshel.format_error(path, number, None, f"bad passage candidates: {e!r}") from e
+  rows = np.full((len(pset), top), -1, np.int64)
+  scores = np.full((len(pset), top), -np.inf, np.float32)
+  for p in range(len(pset)):
+    key = pset.key(p)
+    if key not in by_key:
+      raise KeyError(f"{path}: no candidates for passage {key} (document, first token); were "
+                     "they written with the same documents and passage length / stride?")
+    r, s = by_key[key]
+    rows[p, :len(r)], scores[p, :len(s)] = r, s
+  return rows, scores
+
+
+def evaluate_passages(model, params, pset: PassageSet, table: EntityTable, config, mesh,
+                      split: str, top_k: int, vector_cache: dict | None = None,
+                      path: str | None = None, store_dir: str | None = None) -> dict[str, Any]:
+  t0 = time.time()
+  rows, scores = retrieve(model, params, pset, table, config, mesh, top_k, vector_cache,
+                          store_dir, desc=f"{split} passages")
+  report = recall_report(rows, pset.golds)
+  report.update(split=split, passages=len(pset), documents=pset.counts["documents"],
+                seconds=round(time.time() - t0, 1))
+  if path:
+    write_candidates(path, pset, table, rows, scores)
+    report["candidates"] = path
+  return report
+
+
+# ------------------------------------------------------------------------------------------
+# Training.
+
+
+def make_loss_fn(model: biencoder.BiEncoder):
+  def loss_fn(params, batch, rng):
+    r_p, r_g, r_n = jax.random.split(rng, 3)
+    variables = {"params": params}
+
+    def entities(ids, mask, r):
+      b, k, length = ids.shape
+      return model.apply(variables, ids.reshape(b * k, length), mask.reshape(b * k, length),
+                         deterministic=False, method=biencoder.BiEncoder.encode_entities,
+                         rngs={"dropout": r}).reshape(b, k, -1)
+
+    passage = model.apply(variables, batch["input_ids"], batch["attention_mask"],
+                          deterministic=False, method=biencoder.BiEncoder.encode_mentions,
+                          rngs={"dropout": r_p})
+    gold = entities(batch["gold_input_ids"], batch["gold_attention_mask"], r_g)
+    negative = entities(batch["negative_input_ids"], batch["negative_attention_mask"], r_n)
+    return losses.multi_label_nce(passage, gold, batch["gold_index"], batch["gold_valid"],
+                                  negative, batch["negative_index"], batch["negative_valid"],
+                                  batch["valid"])
+  return loss_fn
+
+
+def _padded(lists: Sequence[np.ndarray], width: int) -> np.ndarray:
+  out = np.full((len(lists), width), -1, np.int64)
+  for i, x in enumerate(lists):
+    out[i, :min(width, len(x))] = x[:width]
+  return out
+
+
+def _check_config(config) -> None:
+  if not config.data.dir:
+    raise ValueError("config.data.dir is empty: pass --config.data.dir=A_ZESHEL_DIRECTORY")
+  if config.data.topic not in TOPICS:
+    raise ValueError(f"config.data.topic={config.data.topic!r}: one of {TOPICS}")
+  if not 0.0 <= config.negatives.hard_fraction <= 1.0:
+    raise ValueError(f"config.negatives.hard_fraction={config.negatives.hard_fraction}: "
+                     "a fraction in [0, 1]")
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  _check_config(config)
+  loop.save_config(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info("mesh %s; %d processes", dict(mesh.shape), jax.process_count())
+  model, featurizer = build_model(config, mesh)
+  dataset = zeshel.ZeshelDataset(config.data.dir)
+
+  t0 = time.time()
+  docs = split_documents(config, dataset, config.data.train_split)
+  worlds = [dataset.world_of(d.doc_id) for d in docs]
+  table = entity_table(dataset, set(worlds), featurizer, int(config.data.entity_length))
+  everything = passage_set(config, dataset, featurizer, docs, table, worlds)
+  with_gold = np.flatnonzero([len(g) > 0 for g in everything.golds])
+  train = subset(everything, with_gold[examples_lib.fixed_subset(
+      len(with_gold), int(config.data.max_train_passages), config.seed)])
+  g = int(config.data.max_golds)
+  logging.info("%d training passages from %d documents (%d with a gold; %d golds each on "
+               "average, %d passages with more than %d), %d entities, in %.1fs", len(train),
+               len(docs), len(with_gold), np.mean([len(x) for x in train.golds]),
+               sum(len(x) > g for x in train.golds), g, len(table), time.time() - t0)
+  gold_rows = _padded(train.golds, g)
+
+  num = int(config.negatives.num)
+  num_hard = int(round(config.negatives.hard_fraction * num))
+  world_rows = {w: table.rows_of_world(w) for w in np.unique(train.worlds)}
+  passage_worlds = train.worlds
+  state = {"hard": None, "epoch": -1}
+
+  def negatives_of(index: np.ndarray, epoch: int) -> np.ndarray:
+    out = np.full((len(index), num), -1, np.int64)
+    for i, p in enumerate(index.tolist()):
+      hard = np.zeros(0, np.int64)
+      if num_hard:
+        hard = state["hard"][p][state["hard"][p] >= 0]
+        hard = hard[np.random.default_rng((config.seed, epoch, p, 1)).permutation(
+            len(hard))][:num_hard]
+      rng = np.random.default_rng((config.seed, epoch, p))
+      rand = random_negatives(world_rows[passage_worlds[p]],
+                              np.union1d(train.exclude[p], hard), num - len(hard), rng)
+      both = np.concatenate([hard, rand])
+      out[i, :len(both)] = both
+    return out
+
+  def prepare(local, params, epoch):
+    if num_hard and state["epoch"] != epoch:
+      state["hard"], state["epoch"] = mine_hard(model, params, train, table, config,
+                                                mesh), epoch
+    index = local["example_index"]
+    negative = negatives_of(index, epoch)
+    gold = gold_rows[index]
+    feats = table.features
+    return dict(local,
+                gold_input_ids=feats["input_ids"][np.maximum(gold, 0)],
+                gold_attention_mask=feats["attention_mask"][np.maximum(gold, 0)],
+                gold_index=gold.astype(np.int32), gold_valid=gold >= 0,
+                negative_input_ids=feats["input_ids"][np.maximum(negative, 0)],
+                negative_attention_mask=feats["attention_mask"][np.maximum(negative, 0)],
+                negative_index=negative.astype(np.int32), negative_valid=negative >= 0)
+
+  def checkpoint_meta():
+    # The negatives mined when this epoch started, so a resumed run draws the same ones.
+    if not num_hard or state["hard"] is None:
+      return {}
+    return {"hard_negatives": state["hard"].tolist(), "hard_negatives_epoch": state["epoch"]}
+
+  def restore_meta(meta, source):
+    if num_hard and source == "workdir" and "hard_negatives" in meta:
+      state["hard"] = np.asarray(meta["hard_negatives"], np.int64)
+      state["epoch"] = int(meta["hard_negatives_epoch"])
+
+  recipe = loop.Recipe(
+      abstract_params=biencoder.abstract_params(model),
+      random_params=lambda shardings, rng: biencoder_trainer.random_params(model, shardings,
+                                                                           rng),
+      pretrained_params=lambda shardings, rng: biencoder_trainer.pretrained_params(
+          config, model, shardings, rng),
+      loss_fn=make_loss_fn(model),
+      features={"input_ids": train.passages.input_ids,
+                "attention_mask": train.passages.attention_mask},
+      prepare=prepare, checkpoint_meta=checkpoint_meta, restore_meta=restore_meta)
+  outcome = loop.run(config, workdir, recipe, mesh)
+  if outcome.preempted:
+    return {"preempted_at": outcome.step, **outcome.last}
+  reports = evaluate_splits(config, dataset, workdir, model, outcome.params, featurizer, mesh,
+                            outcome.step)
+  return {**outcome.last, "evals": reports}
+
+
+def evaluate_splits(config, dataset, workdir, model, params, featurizer, mesh, step
+                    ) -> dict[str, Any]:
+  """Recall on config.evals.splits (the training split on a fixed subset of
+  evals.max_train_passages passages, for the reader to train on), candidates written."""
+  vectors: dict = {}
+  tables: dict = {}
+
+  def evaluate_split(split):
+    docs = split_documents(config, dataset, split)
+    worlds = [dataset.world_of(d.doc_id) for d in docs]
+    key = tuple(sorted(set(worlds)))
+    if key not in tables:
+      tables[key] = entity_table(dataset, key, featurizer, int(config.data.entity_length))
+    pset = passage_set(config, dataset, featurizer, docs, tables[key], worlds)
+    if split == config.data.train_split:
+      pset = subset(pset, examples_lib.fixed_subset(
+          len(pset), int(config.evals.max_train_passages), config.seed))
+    report = evaluate_passages(model, params, pset, tables[key], config, mesh, split,
+                               int(config.evals.top_k), vectors,
+                               candidates_path(workdir, split),
+                               store_dir=os.path.join(workdir, "stores", f"passages.{step}"))
+    report["step"] = int(step)
+    logging.info("%s: passage R@1/R@%d %.2f / %.2f, micro R@%d %.2f over %d passages",
+                 split, min(16, int(config.evals.top_k)), report["passage_recall@1"],
+                 report.get(f"passage_recall@{min(16, int(config.evals.top_k))}", 0.0),
+                 min(16, int(config.evals.top_k)),
+                 report.get(f"recall@{min(16, int(config.evals.top_k))}", 0.0),
+                 report["passages_with_gold"])
+    return report
+
+  return loop.evaluate_splits(config, dataset, workdir, evaluate_split)
+
+
+
+def run_eval(workdir: str, config, data: str, split: str, top_k: int,
+             world: str | None = None) -> dict[str, Any]:
+  """`zel_jax.evaluate` on a retriever workdir: passage recall@k of a split, candidates
+  written to W/candidates/passages_<split>.jsonl."""
+  mesh = sharding.make_mesh(config.mesh)
+  model, featurizer = build_model(config, mesh)
+  params, step = restore_params(workdir, config, model, mesh)
+  dataset = zeshel.ZeshelDataset(data)
+  docs = split_documents(config, dataset, split)
+  worlds = [dataset.world_of(d.doc_id) for d in docs]
+  if world:
+    docs = [d for d, w in zip(docs, worlds) if w == world]
+    worlds = [world] * len(docs)
+  table = entity_table(dataset, set(worlds), featurizer, int(config.data.entity_length))
+  pset = passage_set(config, dataset, featurizer, docs, table, worlds)
+  report = evaluate_passages(model, params, pset, table, config, mesh, split, top_k,
+                             path=candidates_path(workdir, split + (f".{world}" if world
+                                                                    else "")))
+  report["step"] = int(step)
+  return report
