@@ -92,6 +92,9 @@ def get_config(arg=None):
   config.evals = ml_collections.ConfigDict()
   config.evals.splits = ("train", "val", "test")
   config.evals.max_train_passages = -1  # > 0: a fixed subset of the training split.
+  config.evals.store = "device"     # Also for mining and linking: "device" (the entity
+                                    # table sharded over the mesh, exact top-k there),
+                                    # "exact" or "scann" (on the host).
   config.evals.top_k = 100
 
   if arg.runlocal:
@@ -113,4 +116,5 @@ def get_config(arg=None):
     config.evals.splits = ("train", "test")
     config.evals.max_train_passages = 2000
     config.evals.top_k = 16
+    config.evals.store = "exact"
   return config

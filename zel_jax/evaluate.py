@@ -530,7 +530,7 @@ def title_match(dataset: zeshel.ZeshelDataset, docs, worlds: Sequence[str],
   several entities links to the first in file order, and a document never links to itself.
   Returns [(doc_id, c0, c1, entity_id, 1.0)]."""
   from zel_jax.data import documents as documents_lib  # pylint: disable=g-import-not-at-top
-  titles: dict[str, dict[tuple[str, ...], str]] = {}
+  titles: dict[str, tuple[dict[tuple[str, ...], str], int]] = {}
   out = []
   for doc, world in zip(docs, worlds):
     if world not in titles:
@@ -539,9 +539,8 @@ def title_match(dataset: zeshel.ZeshelDataset, docs, worlds: Sequence[str],
         words = tuple(zeshel.tokenize(entity.title))
         if words:
           table.setdefault(words, entity.document_id)
-      titles[world] = table
-    table = titles[world]
-    longest = max((len(t) for t in table), default=0)
+      titles[world] = (table, max((len(t) for t in table), default=0))
+    table, longest = titles[world]
     spans = documents_lib.word_char_spans(doc.text)
     words = [doc.text[a:b] for a, b in spans]
     i = 0
@@ -557,14 +556,16 @@ def title_match(dataset: zeshel.ZeshelDataset, docs, worlds: Sequence[str],
   return out
 
 
-def run_end_to_end(workdir: str, data: str | None, split: str, *, input_path: str | None = None,
+def run_end_to_end(workdir: str, data: str | None, split: str | None, *, input_path: str | None = None,
                    world: str | None = None, threshold: float | None = None,
                    calibrate: bool = False, top_k: int | None = None,
                    baseline: str | None = None, documents: str | None = None,
                    max_documents: int = -1) -> dict[str, Any]:
   """End-to-end linking of a split's documents (or a GERBIL-style JSON-lines file) with an
   EntQA reader workdir: InKB micro P/R/F1 with strong matching and mention detection F1.
-  calibrate: pick gamma on these documents and write it to W/threshold.json instead."""
+  calibrate: pick gamma on these documents and write it to W/threshold.json instead. split
+  None: "test", or the config's evals.calibrate_split when calibrating; calibrating on a
+  split of config.evals.splits (those reported) is refused."""
   from zel_jax.data import documents as documents_lib  # pylint: disable=g-import-not-at-top
   from zel_jax.trainers import entqa_reader  # pylint: disable=g-import-not-at-top
   config = loop.load_config(workdir)
@@ -572,6 +573,11 @@ def run_end_to_end(workdir: str, data: str | None, split: str, *, input_path: st
     raise ValueError(f"--end_to_end needs an EntQA reader workdir (configs/entqa_reader.py); "
                      f"{workdir} holds a {config.get('trainer')!r} run")
   dataset = zeshel.ZeshelDataset(data or config.data.dir)
+  if split is None:
+    split = (config.evals.calibrate_split or "val") if calibrate else "test"
+  if calibrate and not input_path and split in config.evals.splits:
+    raise ValueError(f"--calibrate on split {split!r}, one of the splits results are reported "
+                     f"on ({list(config.evals.splits)}): pick gamma on another (--split=val)")
   if input_path:
     if not world:
       raise ValueError("--input documents need --world: the world whose entities they name")
@@ -650,7 +656,8 @@ def main(argv):
   del argv
   if FLAGS.end_to_end:
     report = run_end_to_end(
-        FLAGS.workdir, FLAGS.data, FLAGS.split, input_path=FLAGS.input, world=FLAGS.world,
+        FLAGS.workdir, FLAGS.data, FLAGS.split if FLAGS["split"].present else None,
+        input_path=FLAGS.input, world=FLAGS.world,
         threshold=FLAGS.threshold, calibrate=FLAGS.calibrate,
         top_k=FLAGS.top_k if FLAGS["top_k"].present else None, baseline=FLAGS.baseline,
         documents=FLAGS.documents, max_documents=FLAGS.max_documents)

@@ -204,10 +204,15 @@ def link_documents(e2e, records: Sequence[dict[str, Any]], world: str,
   """EntQA end to end: raw texts ({"text", "id"?, "topic"?}) -> the spans above gamma, each
   with its entity and score, best first within a document."""
   from zel_jax.data import documents as documents_lib  # pylint: disable=g-import-not-at-top
-  docs = []
+  docs, seen = [], {}
   for i, record in enumerate(records):
     if not isinstance(record.get("text"), str):
       raise ValueError(f"input line {i + 1}: field 'text' missing or not a string")
+    doc_id = str(record.get("id", f"input:{i}"))
+    if doc_id in seen:
+      raise ValueError(f"input line {i + 1}: field 'id': {doc_id!r} repeats line "
+                       f"{seen[doc_id]}")
+    seen[doc_id] = i + 1
     docs.append(documents_lib.Document(str(record.get("id", f"input:{i}")), record["text"],
                                        record.get("topic"), ()))
   predicted, timing = e2e.predict(docs, [world] * len(docs), top_k)
@@ -292,7 +297,7 @@ def _main_end_to_end() -> None:
   records = _read_jsonl(FLAGS.input) if FLAGS.input else [{"text": FLAGS.text}]
   top_k = FLAGS.top_k if FLAGS["top_k"].present else None
   linked, timing = link_documents(e2e, records, FLAGS.world, FLAGS.threshold, top_k)
-  if FLAGS.output:
+  if FLAGS.output and jax.process_index() == 0:
     tmp = FLAGS.output + ".tmp"
     with open(tmp, "w") as f:
       for record in linked:

@@ -122,6 +122,8 @@ def training_set(config, dataset: zeshel.ZeshelDataset, featurizer) -> ReaderSet
   fixed fraction (data.null_passages) of the others so the null span is also learnt where
   a passage names none of its candidates."""
   rconfig = retriever_config(config)
+  _, retriever_featurizer = loop.bert_and_featurizer(rconfig)
+  check_same_tokenizer(featurizer, retriever_featurizer)
   split = rconfig.data.train_split
   path = retriever_lib.candidates_path(config.data.candidates, split)
   keys = _file_keys(path)
@@ -227,16 +229,29 @@ def reader_fn(model: entqa.Reader, passage_length: int, max_span: int, k: int):
   return jax.jit(fn)
 
 
+def _cut_by_window_edge(passages: features_lib.Passages, p: int, j0: int, j1: int) -> bool:
+  """Whether passage-relative span [j0, j1] touches an edge of window p that is not an edge
+  of its document: it may be the visible part of a longer mention. Consecutive windows
+  overlap by L - S tokens, so any mention that short that touches one window's inner edge
+  lies wholly inside the neighbouring window, which reads it whole."""
+  d = int(passages.document[p])
+  n_doc = int(passages.document_tokens[d + 1] - passages.document_tokens[d])
+  start, n = int(passages.token_start[p]), int(passages.num_tokens[p])
+  return (j0 == 0 and start > 0) or (j1 == n - 1 and start + n < n_doc)
+
+
 def read(model, params, rset: ReaderSet, config, rconfig, mesh, *, top_p: int,
-         max_span: int, nested: bool, desc: str = "read") -> list[tuple]:
-  """Passage answers [(doc_id, c0, c1, entity_doc_id, score)] before merging."""
+         max_span: int, nested: bool, fn=None, desc: str = "read") -> list[tuple]:
+  """Passage answers [(doc_id, c0, c1, entity_doc_id, score)] before merging. fn: a
+  reader_fn to reuse (its compiled shapes survive between calls)."""
   from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
   length = pair_length(config, rconfig)
   passage_length = int(rconfig.data.passage_length)
-  fn = reader_fn(model, passage_length, max_span, 4 * top_p)
+  fn = fn or reader_fn(model, passage_length, max_span, 4 * top_p)
   p = rset.pset.passages
-  pair_tokens = (p.attention_mask.sum(1)[:, None] +
-                 rset.table.features["attention_mask"][np.maximum(rset.rows, 0)].sum(2) - 1)
+  entity_tokens = rset.table.features["attention_mask"].sum(1)
+  pair_tokens = (p.attention_mask.sum(1)[:, None]
+                 + np.where(rset.rows >= 0, entity_tokens[np.maximum(rset.rows, 0)], 1) - 1)
   # The reader reads positions 0..L: rows are never cut shorter than the passage part.
   lengths = np.maximum(np.minimum(pair_tokens.max(1), length), passage_length + 2)
   out = []
@@ -253,13 +268,35 @@ def read(model, params, rset: ReaderSet, config, rconfig, mesh, *, top_p: int,
                  batch["span_mask"], batch["candidate_valid"])
     rank_lp, best, j0, j1, null = (evaluate.gather(x)[:len(index)] for x in results)
     for i, passage in enumerate(index.tolist()):
-      doc_id = rset.pset.documents[p.document[passage]].doc_id
-      answers = entqa.decode_spans(best[i], j0[i], j1[i], null[i], rank_lp[i], top_p=top_p,
-                                   nested=nested, candidate_valid=rset.rows[passage] >= 0)
-      for c, s0, s1, score in answers:
-        c0, c1 = features_lib.token_span_to_chars(p, passage, s0 - 1, s1 - 1)
-        out.append((doc_id, c0, c1, str(rset.table.doc_ids[rset.rows[passage, c]]), score))
+      out.extend(passage_answers(rset, passage, rank_lp[i], best[i], j0[i], j1[i], null[i],
+                                 top_p, nested))
   return out
+
+
+def passage_answers(rset: ReaderSet, passage: int, rank_lp, best, j0, j1, null, top_p: int,
+                    nested: bool) -> list[tuple]:
+  """One passage's answers from reader_fn's outputs (row positions: passage token j is at
+  j + 1) as (doc_id, c0, c1, entity_doc_id, score) in its document's characters; a span
+  at a window's inner edge is left to the neighbouring window (_cut_by_window_edge)."""
+  p = rset.pset.passages
+  doc_id = rset.pset.documents[p.document[passage]].doc_id
+  out = []
+  for c, s0, s1, score in entqa.decode_spans(best, j0, j1, null, rank_lp, top_p=top_p,
+                                             nested=nested,
+                                             candidate_valid=rset.rows[passage] >= 0):
+    if _cut_by_window_edge(p, passage, s0 - 1, s1 - 1):
+      continue
+    c0, c1 = features_lib.token_span_to_chars(p, passage, s0 - 1, s1 - 1)
+    out.append((doc_id, c0, c1, str(rset.table.doc_ids[rset.rows[passage, c]]), score))
+  return out
+
+
+def check_same_tokenizer(reader_featurizer, retriever_featurizer) -> None:
+  """Passages are cut, and candidates keyed, in the retriever's wordpieces."""
+  if reader_featurizer.tokenizer.get_vocab() != retriever_featurizer.tokenizer.get_vocab():
+    raise ValueError("the reader and its retriever tokenize differently (model.pretrained "
+                     "vocabularies differ): passages are cut in the retriever's wordpieces, "
+                     "so both must share one tokenizer")
 
 
 class EndToEnd:
@@ -280,8 +317,14 @@ class EndToEnd:
                                                                              self.mesh)
     self.retriever_params, self.retriever_step = biencoder_trainer.restore_params(
         self.config.data.candidates, self.rconfig, self.retriever, self.mesh)
+    check_same_tokenizer(self.featurizer, self.retriever_featurizer)
     self.vectors: dict = {}
     self.tables: dict = {}
+    from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
+    self.encoders = evaluate.encoders(self.retriever)
+    self.read_fn = reader_fn(self.model, int(self.rconfig.data.passage_length),
+                             int(self.config.reader.max_span_tokens),
+                             4 * int(self.config.reader.top_p))
 
   def threshold(self, override: float | None = None) -> float:
     """--threshold, else the calibrated gamma in W/threshold.json, else the config's."""
@@ -314,17 +357,15 @@ class EndToEnd:
                                      docs, rtable, worlds)
     k = int(top_k or self.config.reader.top_k)
     rows, scores = retriever_lib.retrieve(self.retriever, self.retriever_params, pset, rtable,
-                                          self.rconfig, self.mesh, k, self.vectors)
+                                          self.rconfig, self.mesh, k, self.vectors,
+                                          encoders=self.encoders)
     t1 = time.time()
     # Entity rows are the same in both tables (same worlds, same file order).
     rset = ReaderSet(pset, table, rows, scores)
-    if self.featurizer.tokenizer.get_vocab() != self.retriever_featurizer.tokenizer.get_vocab():
-      raise ValueError("the reader and its retriever tokenize differently; passages are cut "
-                       "in the retriever's wordpieces")
     answers = read(self.model, self.params, rset, self.config, self.rconfig, self.mesh,
                    top_p=int(self.config.reader.top_p),
                    max_span=int(self.config.reader.max_span_tokens),
-                   nested=bool(self.config.reader.nested))
+                   nested=bool(self.config.reader.nested), fn=self.read_fn)
     merged = [a for a in entqa.merge_predictions(
         answers, one_entity_per_span=bool(self.config.reader.one_entity_per_span))
               if a[4] > floor]
@@ -476,7 +517,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   def evaluate_split(split):
     docs, worlds = split_documents(config, dataset, split)
-    report = evaluate_documents(e2e, docs, worlds, e2e.threshold())
+    gamma = reports["calibration"]["gamma"] if "calibration" in reports else e2e.threshold()
+    report = evaluate_documents(e2e, docs, worlds, gamma)
     report["split"] = split
     logging.info("%s end-to-end: InKB P/R/F1 %.2f / %.2f / %.2f, MD F1 %.2f over %d documents "
                  "(%.2f documents/s)", split, report["inkb_micro_p"], report["inkb_micro_r"],

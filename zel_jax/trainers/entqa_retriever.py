@@ -204,13 +204,15 @@ def random_negatives(world_rows: np.ndarray, exclude: np.ndarray, n: int,
 
 
 def retrieve(model, params, pset: PassageSet, table: EntityTable, config, mesh, k: int,
-             vector_cache: dict | None = None, store_dir: str | None = None,
-             desc: str = "passages") -> tuple[np.ndarray, np.ndarray]:
+             vector_cache: dict | None = None, desc: str = "passages",
+             encoders=None) -> tuple[np.ndarray, np.ndarray]:
   """Each passage's top-k entity rows of its own world (its own document left out) and
-  their scores, [P, k] (-1 / -inf where a world has fewer). store_dir: where each world's
-  store is saved (the linker loads it)."""
+  their scores, [P, k] (-1 / -inf where a world has fewer), from a store of the kind
+  config.evals.store names ("device": the entity table sharded over the mesh, exact top-k
+  there; "exact" / "scann": on the host). encoders: evaluate.encoders(model), to reuse
+  compiled ones."""
   from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
-  encode_passages, encode_entities = evaluate.encoders(model)
+  encode_passages, encode_entities = encoders or evaluate.encoders(model)
   axes = config.sharding.batch_axes
   emb = evaluate.embed_rows(encode_passages, params,
                             {"input_ids": pset.passages.input_ids,
@@ -226,18 +228,19 @@ def retrieve(model, params, pset: PassageSet, table: EntityTable, config, mesh, 
       cache[world] = evaluate.embed_rows(
           encode_entities, params, {name: v[members] for name, v in table.features.items()},
           mesh, config.eval_batch_size, axes, desc=f"{world} entities")
-    store = evaluate.build_store("exact", cache[world], ids=members)
-    if store_dir is not None and jax.process_index() == 0:
-      store.save(os.path.join(store_dir, str(world)))
+    store = evaluate.build_store(config.evals.get("store", "exact"), cache[world], mesh,
+                                 ids=members)
     sel = np.flatnonzero(worlds == world)
     kk = min(k + 1, len(members))
     found_scores, found = store.search(emb[sel], kk)
-    own = found == pset.self_row[sel][:, None]
-    for i, p in enumerate(sel):
-      keep = ~own[i]
-      n = min(k, int(keep.sum()))
-      rows[p, :n] = found[i][keep][:n]
-      scores[p, :n] = found_scores[i][keep][:n]
+    found_scores, found = np.asarray(found_scores), np.asarray(found)
+    # The document's own entry drops out; the k best of the rest stay.
+    keep = found != pset.self_row[sel][:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    taken = np.take_along_axis(keep, order, 1)
+    width = order.shape[1]
+    rows[sel, :width] = np.where(taken, np.take_along_axis(found, order, 1), -1)
+    scores[sel, :width] = np.where(taken, np.take_along_axis(found_scores, order, 1), -np.inf)
   return rows, scores
 
 
@@ -330,10 +333,10 @@ def read_candidates(path: str, pset: PassageSet, table: EntityTable, top: int
 
 def evaluate_passages(model, params, pset: PassageSet, table: EntityTable, config, mesh,
                       split: str, top_k: int, vector_cache: dict | None = None,
-                      path: str | None = None, store_dir: str | None = None) -> dict[str, Any]:
+                      path: str | None = None) -> dict[str, Any]:
   t0 = time.time()
   rows, scores = retrieve(model, params, pset, table, config, mesh, top_k, vector_cache,
-                          store_dir, desc=f"{split} passages")
+                          desc=f"{split} passages")
   report = recall_report(rows, pset.golds)
   report.update(split=split, passages=len(pset), documents=pset.counts["documents"],
                 seconds=round(time.time() - t0, 1))
@@ -494,8 +497,7 @@ def evaluate_splits(config, dataset, workdir, model, params, featurizer, mesh, s
           len(pset), int(config.evals.max_train_passages), config.seed))
     report = evaluate_passages(model, params, pset, tables[key], config, mesh, split,
                                int(config.evals.top_k), vectors,
-                               candidates_path(workdir, split),
-                               store_dir=os.path.join(workdir, "stores", f"passages.{step}"))
+                               candidates_path(workdir, split))
     report["step"] = int(step)
     logging.info("%s: passage R@1/R@%d %.2f / %.2f, micro R@%d %.2f over %d passages",
                  split, min(16, int(config.evals.top_k)), report["passage_recall@1"],
