@@ -112,7 +112,7 @@ def test_a_perfect_reader_scores_exactly_100(tmp_path, minilm_path):
   spans = jnp.broadcast_to(jnp.asarray(mask)[:, None, :], start.shape)
   best, j0, j1, null = entqa.top_spans(start, end, spans, 16, 12)
   rank_lp = entqa.masked_log_softmax(rank, jnp.asarray(lab["candidate_valid"]))
-  rset = entqa_reader.ReaderSet(pset, table, rows, np.zeros(rows.shape, np.float32))
+  rset = entqa_reader.ReaderSet(pset, table, rows)
   answers = []
   for p in index:
     answers += entqa_reader.passage_answers(rset, p, np.asarray(rank_lp[p]),

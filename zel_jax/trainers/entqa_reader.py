@@ -103,18 +103,9 @@ class ReaderSet:
   pset: retriever_lib.PassageSet
   table: retriever_lib.EntityTable
   rows: np.ndarray           # [P, C]
-  scores: np.ndarray         # [P, C] retriever scores
 
   def __len__(self) -> int:
     return len(self.pset)
-
-
-def _file_keys(path: str) -> set[tuple[str, int]]:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no passage candidates; the retriever's evaluation "
-                            "writes them for each of its evals.splits")
-  with open(path) as f:
-    return {(r["document_id"], int(r["token_start"])) for r in map(json.loads, f)}
 
 
 def training_set(config, dataset: zeshel.ZeshelDataset, featurizer) -> ReaderSet:
@@ -126,7 +117,7 @@ def training_set(config, dataset: zeshel.ZeshelDataset, featurizer) -> ReaderSet
   check_same_tokenizer(featurizer, retriever_featurizer)
   split = rconfig.data.train_split
   path = retriever_lib.candidates_path(config.data.candidates, split)
-  keys = _file_keys(path)
+  keys = retriever_lib.load_candidates(path, int(config.data.num_candidates))
   docs = retriever_lib.split_documents(rconfig, dataset, split)
   wanted = {k[0] for k in keys}
   docs = [d for d in docs if d.doc_id in wanted]
@@ -144,9 +135,8 @@ def training_set(config, dataset: zeshel.ZeshelDataset, featurizer) -> ReaderSet
   keep = keep[examples_lib.fixed_subset(len(keep), int(config.data.max_train_passages),
                                         config.seed)]
   pset = retriever_lib.subset(pset, keep)
-  rows, scores = retriever_lib.read_candidates(path, pset, table,
-                                               int(config.data.num_candidates))
-  return ReaderSet(pset, table, rows, scores)
+  rows = retriever_lib.candidate_rows(keys, pset, table, int(config.data.num_candidates), path)
+  return ReaderSet(pset, table, rows)
 
 
 def with_golds(rows: np.ndarray, golds: Sequence[np.ndarray]) -> np.ndarray:
@@ -356,12 +346,12 @@ class EndToEnd:
     pset = retriever_lib.passage_set(self.rconfig, self.dataset, self.retriever_featurizer,
                                      docs, rtable, worlds)
     k = int(top_k or self.config.reader.top_k)
-    rows, scores = retriever_lib.retrieve(self.retriever, self.retriever_params, pset, rtable,
+    rows, _ = retriever_lib.retrieve(self.retriever, self.retriever_params, pset, rtable,
                                           self.rconfig, self.mesh, k, self.vectors,
                                           encoders=self.encoders)
     t1 = time.time()
     # Entity rows are the same in both tables (same worlds, same file order).
-    rset = ReaderSet(pset, table, rows, scores)
+    rset = ReaderSet(pset, table, rows)
     answers = read(self.model, self.params, rset, self.config, self.rconfig, self.mesh,
                    top_p=int(self.config.reader.top_p),
                    max_span=int(self.config.reader.max_span_tokens),

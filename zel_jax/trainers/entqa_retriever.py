@@ -55,8 +55,6 @@ class EntityTable:
   features: dict[str, np.ndarray]   # input_ids, attention_mask [E, Le]
   worlds: np.ndarray                # [E]
   doc_ids: np.ndarray               # [E]
-  titles: list[str]
-  texts: list[str]
 
   def __len__(self) -> int:
     return len(self.doc_ids)
@@ -76,8 +74,7 @@ def entity_table(dataset: zeshel.ZeshelDataset, worlds: Sequence[str], featurize
       {k: np.concatenate([p.features[k] for p in parts]) for k in ("input_ids",
                                                                    "attention_mask")},
       np.concatenate([[p.world] * len(p.ids) for p in parts]).astype(str),
-      np.concatenate([p.ids for p in parts]).astype(str),
-      [t for p in parts for t in p.titles], [t for p in parts for t in p.texts])
+      np.concatenate([p.ids for p in parts]).astype(str))
 
 
 @dataclasses.dataclass
@@ -301,34 +298,43 @@ def write_candidates(path: str, pset: PassageSet, table: EntityTable, rows: np.n
   os.replace(path + ".tmp", path)
 
 
-def read_candidates(path: str, pset: PassageSet, table: EntityTable, top: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-  """Rows and scores [P, top] of `pset`'s passages from a passages_<split>.jsonl; a passage
-  the file lacks is an error (it was written with other passage settings or documents)."""
+def load_candidates(path: str, top: int) -> dict[tuple[str, int], tuple[str, list[str]]]:
+  """A passages_<split>.jsonl as {(document id, first token): (world, first `top` candidate
+  ids)}, read once."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no passage candidates; evaluate the retriever on this "
                             "split first (configs/entqa_retriever.py, evals.splits)")
-  row_of = table.row_of()
   by_key = {}
   with open(path) as f:
     for number, line in enumerate(f, 1):
       try:
         record = json.loads(line)
-        key = (record["document_id"], int(record["token_start"]))
-        by_key[key] = ([row_of[(record["world"], d)] for d in record["candidates"][:top]],
-                       record["scores"][:top])
-      except (ValueError, KeyError) as e:
+        by_key[(record["document_id"], int(record["token_start"]))] = (
+            record["world"], list(record["candidates"][:top]))
+      except (ValueError, KeyError, TypeError) as e:
         raise zeshel.format_error(path, number, None, f"bad passage candidates: {e!r}") from e
+  return by_key
+
+
+def candidate_rows(by_key: dict, pset: PassageSet, table: EntityTable, top: int,
+                   path: str) -> np.ndarray:
+  """Rows [P, top] of `pset`'s passages from load_candidates' dict (-1: empty slot); a
+  passage the file lacks is an error (it was written with other passage settings or
+  documents)."""
+  row_of = table.row_of()
   rows = np.full((len(pset), top), -1, np.int64)
-  scores = np.full((len(pset), top), -np.inf, np.float32)
   for p in range(len(pset)):
     key = pset.key(p)
     if key not in by_key:
       raise KeyError(f"{path}: no candidates for passage {key} (document, first token); were "
                      "they written with the same documents and passage length / stride?")
-    r, s = by_key[key]
-    rows[p, :len(r)], scores[p, :len(s)] = r, s
-  return rows, scores
+    world, ids = by_key[key]
+    unknown = [d for d in ids if (world, d) not in row_of]
+    if unknown:
+      raise ValueError(f"{path}: passage {key}: candidates {unknown[:3]} are not entities of "
+                       f"world {world!r}")
+    rows[p, :len(ids)] = [row_of[(world, d)] for d in ids]
+  return rows
 
 
 def evaluate_passages(model, params, pset: PassageSet, table: EntityTable, config, mesh,
@@ -499,12 +505,10 @@ def evaluate_splits(config, dataset, workdir, model, params, featurizer, mesh, s
                                int(config.evals.top_k), vectors,
                                candidates_path(workdir, split))
     report["step"] = int(step)
-    logging.info("%s: passage R@1/R@%d %.2f / %.2f, micro R@%d %.2f over %d passages",
-                 split, min(16, int(config.evals.top_k)), report["passage_recall@1"],
-                 report.get(f"passage_recall@{min(16, int(config.evals.top_k))}", 0.0),
-                 min(16, int(config.evals.top_k)),
-                 report.get(f"recall@{min(16, int(config.evals.top_k))}", 0.0),
-                 report["passages_with_gold"])
+    k = max(x for x in KS if x <= int(config.evals.top_k))
+    logging.info("%s: passage R@1/R@%d %.2f / %.2f, micro R@%d %.2f over %d passages", split,
+                 k, report["passage_recall@1"], report[f"passage_recall@{k}"], k,
+                 report[f"recall@{k}"], report["passages_with_gold"])
     return report
 
   return loop.evaluate_splits(config, dataset, workdir, evaluate_split)
