@@ -297,3 +297,23 @@ def reader_loss(start_logits: jax.Array, end_logits: jax.Array, rank_logits: jax
     rank_labels = rank_labels & candidate_valid.astype(bool)
   rank = _sum_gold_nll(rank_logits, rank_labels, candidate_valid)  # [B]
   return _mean_over_valid(span_terms.sum(-1) + rank, valid)
+
+
+# ------------------------------------------------------------------------------------------
+# Cross-language ranking (Schumacher, Mayfield and Dredze, 2021).
+
+
+def max_negative_hinge(positive: jax.Array, negatives: jax.Array, margin: float = 1.0,
+                       valid: jax.Array | None = None,
+                       negative_valid: jax.Array | None = None) -> jax.Array:
+  """max(0, margin - s(gold) + max_j s(negative_j)): the gold against the highest-scoring of
+  its n sampled negatives.
+
+  positive [B]; negatives [B, n]; negative_valid [B, n] masks negatives out (a row without
+  any valid negative contributes 0).
+  """
+  neg = negatives.astype(jnp.float32)
+  if negative_valid is not None:
+    neg = jnp.where(negative_valid, neg, _NEG)
+  per_example = jnp.maximum(0.0, margin - positive.astype(jnp.float32) + neg.max(axis=-1))
+  return _mean_over_valid(per_example, valid)

