@@ -100,8 +100,8 @@ def get_config(arg=None):
   common.mesh_and_sharding(config, mesh=[("data", -1), ("fsdp", 1)])
   config.eval_batch_size = 256
 
-  # NIL: per-language thresholds on the ranker's score ("de=0.1,fr=-0.2"); a language left
-  # out gets the threshold that maximizes accuracy on its dev split.
+  # NIL: per-language thresholds on the ranker's score before tanh ("de=0.1,fr=-0.2"); a
+  # language left out gets the threshold that maximizes accuracy on its dev split.
   config.nil = ml_collections.ConfigDict()
   config.nil.thresholds = ""
   config.evals = ml_collections.ConfigDict()

@@ -7,7 +7,8 @@ own world, micro and macro over worlds, per world and per ZESHEL category.
 writes the top-k candidates of every mention (the cross-encoder's input) to
 W/candidates/<split>[.<world>][.<baseline>].jsonl and prints, as its last stdout line, one JSON
 object: {"recall@1": ..., ..., "macro": {...}, "per_world": {...}, "per_category": {...}}
-(percentages).
+(percentages). For a cross-language workdir (configs/xel.py) it prints the per-language
+P/R/F1 report of trainers/xel.py instead.
 """
 
 from __future__ import annotations

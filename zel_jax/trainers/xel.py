@@ -497,10 +497,15 @@ def make_loss_fn(model: xel_model.XelRanker, config):
 
 def score_candidates(model, params, config, data: XelData, features: Features, language: str,
                      split: str, rows: np.ndarray, mesh) -> tuple[np.ndarray, np.ndarray]:
-  """Ranker and nearest-neighbour scores [M, k] of each mention's candidates (-inf empty)."""
+  """Ranker and nearest-neighbour scores [M, k] of each mention's candidates (-inf empty).
+
+  The ranker's are the final unit's values before tanh: tanh is monotone, so rankings and
+  NIL decisions are the same as on tanh's output, but trained logits reach values where
+  float32 tanh is exactly 1.0 and candidates would tie."""
   mentions = data.split(language, split)
   feats = features.mentions[(language, split)]
   types = data.type_ids(mentions)
+  model = model.clone(squash=False)
 
   @jax.jit
   def both(params, m_name, m_context, m_type, e_name, e_context, e_types):
