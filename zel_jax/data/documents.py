@@ -139,8 +139,7 @@ def read_gerbil_jsonl(path: os.PathLike | str, kb_ids: Collection[str] | None = 
   documents: list[Document] = []
   seen: dict[str, int] = {}
   counts = {"documents": 0, "labels": 0, "spans": 0, "nil": 0}
-  for number, _, raw in zeshel._lines(path):  # pylint: disable=protected-access
-    record = zeshel._parse_object(path, number, raw)  # pylint: disable=protected-access
+  for number, record in zeshel.json_records(path):
     field = zeshel._field  # pylint: disable=protected-access
     doc_id = field(record, "id", str, path, number)
     if not doc_id:
@@ -170,24 +169,14 @@ def read_gerbil_jsonl(path: os.PathLike | str, kb_ids: Collection[str] | None = 
 
 
 def write_gerbil_jsonl(path: os.PathLike | str, documents: Iterable[Document]) -> None:
-  """Writes documents in read_gerbil_jsonl's format; a temporary file renamed into place, so
-  readers never see half a file and a failure leaves an existing one intact."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    with open(temporary, "w", encoding="utf-8") as f:
-      for document in documents:
-        record = {"id": document.doc_id, "text": document.text}
-        if document.topic is not None:
-          record["topic"] = document.topic
-        record["labels"] = [[s.start, s.end, s.entity] for s in document.spans]
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  finally:
-    temporary.unlink(missing_ok=True)
+  """Writes documents in read_gerbil_jsonl's format, atomically (zeshel.write_json_lines)."""
+  def record(document: Document) -> dict:
+    out = {"id": document.doc_id, "text": document.text}
+    if document.topic is not None:
+      out["topic"] = document.topic
+    out["labels"] = [[s.start, s.end, s.entity] for s in document.spans]
+    return out
+  zeshel.write_json_lines(path, map(record, documents))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

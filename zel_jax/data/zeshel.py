@@ -24,7 +24,7 @@ import os
 import pathlib
 import re
 import warnings
-from typing import Any, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 HIGH_OVERLAP = "HIGH_OVERLAP"
 MULTIPLE_CATEGORIES = "MULTIPLE_CATEGORIES"
@@ -144,6 +144,31 @@ def _parse_object(path: pathlib.Path, number: int, raw: bytes) -> dict[str, Any]
     raise format_error(path, number, None,
                        f"expected a JSON object, got {type(record).__name__}")
   return record
+
+
+def json_records(path: os.PathLike | str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(1-based line number, object) of each non-blank line of a JSON-lines file; a line that
+  is not a JSON object is an error naming the file and line."""
+  path = pathlib.Path(path)
+  for number, _, raw in _lines(path):
+    yield number, _parse_object(path, number, raw)
+
+
+def write_json_lines(path: os.PathLike | str, records: Iterable[dict[str, Any]]) -> None:
+  """One JSON object per line, written to a temporary name and renamed into place: readers
+  never see half a file and a failure leaves an existing one intact."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  try:
+    with open(temporary, "w", encoding="utf-8") as f:
+      for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  finally:
+    temporary.unlink(missing_ok=True)
 
 
 def _field(record: dict[str, Any], name: str, kind: type, path: pathlib.Path, number: int,
