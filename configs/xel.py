@@ -12,8 +12,9 @@ r"""Cross-language linking: the neural ranker of Schumacher, Mayfield and Dredze
 
 The encoder is frozen and its features cached under the workdir (as in the reference code);
 the ranker's MLPs train on them. Variants:
-  train=LANGS   training languages, comma-free: "de", or "all" (default: the multilingual
-                setting); evaluation is always on every language of the data directory.
+  train=LANG    one training language ("de"), or "all" (the default: the multilingual
+                setting); several: --config.data.train_languages=de,fr. Evaluation is on
+                every language of the data directory (config.data.eval_languages).
   runlocal      CPU: descriptions cut to 32 subwords, contexts to 32, one score layer of 512,
                 1,500 steps of 64 at lr 1e-3, candidates from the top 64.
   (default)     the paper's setting with multilingual-e5-small standing in for mBERT:
