@@ -73,6 +73,10 @@ def main(argv):
   config = _CONFIG.value
   if "trainer" not in config:
     raise ValueError("the config has no 'trainer' field naming zel_jax/trainers/<name>.py")
+  if "batch_size" in config:
+    logging.info("global batch %d: %.4g per device, %.4g per process", config.batch_size,
+                 config.batch_size / jax.device_count(),
+                 config.batch_size / jax.process_count())
   trainer_module(config.trainer).train_and_evaluate(config, _WORKDIR.value)
 
 
