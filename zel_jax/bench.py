@@ -89,6 +89,17 @@ _MVD_VARIANT = flags.DEFINE_string("mvd_variant", "runlocal",
 _MVD_BATCH = flags.DEFINE_integer("mvd_batch_size", 4, "mvd: mentions per step (both steps).")
 _MVD_DTYPE = flags.DEFINE_string("mvd_dtype", "float32",
                                  "mvd: compute dtype of both steps (bfloat16 on TPU/GPU).")
+_MEM_CONFIG = flags.DEFINE_string(
+    "memory_config", "configs/blink_biencoder.py:variant=base",
+    "memory: the bi-encoder experiment (config file[:variant]) whose train step is compiled.")
+_MEM_MESH = flags.DEFINE_string("memory_mesh", "data=8",
+                                "memory: mesh axes, e.g. data=8 or data=2,fsdp=4.")
+_MEM_BUDGET = flags.DEFINE_float("memory_budget_gib", 16.0,
+                                 "memory: per-device budget the largest batch must fit "
+                                 "(0: measure the config's batch only).")
+_MEM_OVERRIDES = flags.DEFINE_list(
+    "memory_set", [], "memory: config overrides key=value (model.dtype=bfloat16, "
+    "model.remat=full, grad_accum_steps=4, ...).")
 _MVD_REMAT = flags.DEFINE_string("mvd_remat", "", "mvd: rematerialization policy of both "
                                  "steps' layers (models.bert.REMAT_POLICIES; '': none).")
 
@@ -731,10 +742,140 @@ def run_mvd() -> dict[str, Any]:
                    _MVD_REMAT.value)
 
 
+# ------------------------------------------------------------------------------------------
+# Memory: per-device bytes of a compiled train step, without allocating it.
+
+# Encoder sizes by name, for configs whose checkpoint is not on this machine (BERT paper).
+STANDARD_BERT = {
+    "bert-base-uncased": dict(),
+    "bert-large-uncased": dict(hidden_size=1024, num_layers=24, num_heads=16,
+                               intermediate_size=4096),
+}
+
+
+def _bert_config(name: str):
+  from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
+  if name in STANDARD_BERT:
+    return bert.BertConfig(**STANDARD_BERT[name])
+  return bert.load_config(bert.resolve_pretrained(name))
+
+
+def step_memory(config, mesh, batch_size: int) -> dict[str, Any]:
+  """Per-device bytes XLA plans for the bi-encoder's jitted update at this global batch:
+  compiled from shapes and shardings alone (jax.ShapeDtypeStruct), so nothing is allocated
+  and a step far larger than this machine's memory can be measured."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from zel_jax import checkpoint as checkpoint_lib, optim  # pylint: disable=g-import-not-at-top
+  from zel_jax.models import biencoder  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import biencoder as bi_trainer, loop  # pylint: disable=g-import-not-at-top
+
+  model = biencoder.BiEncoder(
+      _bert_config(config.model.pretrained), pooling=config.model.pooling,
+      share_towers=config.model.share_towers, dtype=jnp.dtype(config.model.dtype),
+      remat=config.model.remat or None,
+      activation_sharding=sharding.activation_sharding(mesh, config.sharding.batch_axes))
+  abstract = biencoder.abstract_params(model)
+  p_shardings = loop.param_shardings(config, abstract, mesh)
+  params = loop.abstract_sharded_params(abstract, p_shardings)
+  optimizer, schedule = optim.make_optimizer(config.optimizer, 10_000)
+  opt = jax.eval_shape(optimizer.init, params)
+  o_shardings = loop.opt_shardings(opt, params, p_shardings, mesh)
+  opt = checkpoint_lib.abstract_like(opt, o_shardings)
+  rows = sharding.batch_sharding(mesh, config.sharding.batch_axes)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  lm, le = int(config.data.mention_length), int(config.data.entity_length)
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+  batch = {"mention_input_ids": spec((batch_size, lm), jnp.int32),
+           "mention_attention_mask": spec((batch_size, lm), jnp.int32),
+           "entity_input_ids": spec((batch_size, le), jnp.int32),
+           "entity_attention_mask": spec((batch_size, le), jnp.int32),
+           "entity_index": spec((batch_size,), jnp.int32),
+           "valid": spec((batch_size,), jnp.bool_)}
+  update = jax.jit(loop.make_update(bi_trainer.make_loss_fn(model, config), optimizer,
+                                    schedule, config),
+                   in_shardings=(p_shardings, o_shardings, replicated, rows, replicated),
+                   out_shardings=(p_shardings, o_shardings, replicated),
+                   donate_argnums=(0, 1))
+  t0 = time.time()
+  compiled = update.lower(params, opt, jax.ShapeDtypeStruct((), jnp.int32), batch,
+                          jax.random.PRNGKey(0)).compile()
+  m = compiled.memory_analysis()
+  if m is None:
+    raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis")
+  gib = lambda x: round(x / 2**30, 3)
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+           - m.alias_size_in_bytes)
+  return {"global_batch": batch_size, "arguments_gib": gib(m.argument_size_in_bytes),
+          "outputs_gib": gib(m.output_size_in_bytes), "temp_gib": gib(m.temp_size_in_bytes),
+          "aliased_gib": gib(m.alias_size_in_bytes), "total_gib": gib(total),
+          "bytes": {"arguments": int(m.argument_size_in_bytes),
+                    "temp": int(m.temp_size_in_bytes), "total": int(total)},
+          "compile_s": round(time.time() - t0, 1)}
+
+
+def _memory_config():
+  """The experiment config of --memory_config with --memory_set overrides and the mesh."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = _MEM_CONFIG.value.partition(":")
+  spec = importlib.util.spec_from_file_location("memory_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for item in _MEM_OVERRIDES.value:
+    key, _, value = item.partition("=")
+    node = config
+    *parents, last = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[last] = type(node[last])(value) if not isinstance(node[last], bool) else (
+        value.lower() in ("1", "true"))
+  config.mesh = [(name, int(size)) for name, size in
+                 (axis.split("=") for axis in _MEM_MESH.value.split(","))]
+  return config
+
+
+def run_memory() -> dict[str, Any]:
+  """The config's step at its own batch, then the largest global batch (a multiple of the
+  batch shards) whose step fits --memory_budget_gib per device: doubling, then bisection."""
+  import jax  # pylint: disable=g-import-not-at-top
+  config = _memory_config()
+  mesh = sharding.make_mesh(config.mesh)
+  unit = int(np.prod([mesh.shape[a] for a in config.sharding.batch_axes if a in mesh.shape]))
+  budget = _MEM_BUDGET.value
+  at_config = step_memory(config, mesh, int(config.batch_size))
+  logging.info("batch %d: %s", config.batch_size, at_config)
+  fits = {}
+  if budget <= 0:  # The config's own batch only.
+    return {"config": _MEM_CONFIG.value, "overrides": _MEM_OVERRIDES.value,
+            "mesh": dict(mesh.shape), "at_config_batch": at_config}
+
+  def fit(units: int) -> bool:
+    if units not in fits:
+      fits[units] = step_memory(config, mesh, units * unit)
+      logging.info("batch %d: %.3f GiB per device", units * unit, fits[units]["total_gib"])
+    return fits[units]["total_gib"] <= budget
+
+  low, high = 0, 1
+  while fit(high):
+    low, high = high, high * 2
+  while high - low > 1:
+    mid = (low + high) // 2
+    low, high = (mid, high) if fit(mid) else (low, mid)
+  return {"config": _MEM_CONFIG.value, "overrides": _MEM_OVERRIDES.value,
+          "mesh": dict(mesh.shape), "devices": jax.device_count(),
+          "platform": jax.devices()[0].platform, "encoder": config.model.pretrained,
+          "dtype": config.model.dtype, "remat": config.model.remat or "none",
+          "lengths": [int(config.data.mention_length), int(config.data.entity_length)],
+          "at_config_batch": at_config, "budget_gib": budget,
+          "largest_batch": low * unit if low else 0,
+          "largest_batch_total_gib": fits[low]["total_gib"] if low else None}
+
+
 # Subcommands: name -> function returning the JSON object printed as the last stdout line.
 COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
     "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank,
-    "mvd": run_mvd}
+    "mvd": run_mvd, "memory": run_memory}
 
 
 def main(argv: Sequence[str]) -> None:
