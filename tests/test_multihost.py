@@ -109,3 +109,36 @@ def test_sigterm_saves_and_the_next_start_resumes(tiny_dirs, tmp_path):
   resumed = _train(workdir, 1, saved + 2, tiny_dirs)
   assert f"starting at step {saved} of {saved + 2}" in resumed
   assert sorted(_losses(workdir))[-1] == saved + 2
+
+
+def test_launchers_print_what_they_would_run():
+  env = dict(os.environ, DRY_RUN="1", REPO="https://example.com/zel_jax.git")
+  run = lambda *args: subprocess.run(["bash", *args], cwd=REPO, env=env, capture_output=True,
+                                     text=True, check=True).stdout
+  tpu = run("launch/tpu_vm.sh", "my-tpu", "us-central2-b", "train",
+            "--config=configs/blink_biencoder.py:variant=base", "--workdir=gs://b/run 1")
+  assert tpu.startswith("gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b "
+                        "--worker=all ")
+  assert "ZEL_DISTRIBUTED=auto\\ python\\ -m\\ zel_jax.train" in tpu
+  assert "gs://b/run\\\\\\ 1" in tpu  # Quoted for the remote shell, then for this one.
+  setup = run("launch/tpu_vm.sh", "my-tpu", "us-central2-b", "setup")
+  assert "https://example.com/zel_jax.git" in setup and "jax\\[tpu\\]" in setup
+  slurm = run("launch/slurm.sbatch", "--config=configs/x.py", "--workdir=/s/w")
+  assert slurm.startswith("srun --kill-on-bad-exit=1 ")
+  assert slurm.rstrip().endswith("zel_jax --config=configs/x.py --workdir=/s/w")
+  bad = subprocess.run(["bash", "launch/tpu_vm.sh", "t", "z", "fly"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and "unknown action 'fly'" in bad.stderr
+
+
+def test_auto_distributed_calls_initialize(monkeypatch):
+  from zel_jax import train  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(train.jax.distributed, "initialize", lambda *a, **k: calls.append(a))
+  monkeypatch.delenv("SLURM_NTASKS", raising=False)
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
+  train.initialize_distributed()
+  assert calls == []  # One process alone: no distributed start.
+  monkeypatch.setenv("ZEL_DISTRIBUTED", "auto")
+  train.initialize_distributed()
+  assert calls == [()]

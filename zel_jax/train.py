@@ -25,8 +25,11 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
-# Where JAX finds its peers by itself: SLURM (task count), TPU pod slices (worker list).
+# Where JAX finds its peers by itself: SLURM (task count), TPU pod slices (worker list), or
+# wherever a launcher says so (launch/tpu_vm.sh sets ZEL_DISTRIBUTED=auto on every worker).
 def _cluster_processes() -> int:
+  if os.environ.get("ZEL_DISTRIBUTED", "") == "auto":
+    return 2  # Several: let jax.distributed.initialize() find out how many.
   tasks = os.environ.get("SLURM_NTASKS", "")
   if tasks.isdigit():
     return int(tasks)
