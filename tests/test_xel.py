@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from test_dictd import b64
+import tiny_world
 from zel_jax import evaluate, losses, sharding
 from zel_jax.data import crosslang
 from zel_jax.models import xel as xel_model
 from zel_jax.trainers import xel as xel_trainer
+from zel_jax.trainers import xel_features
 
 NIL = evaluate.NIL_ROW
 
@@ -322,13 +324,7 @@ def _config(data_dir, **overrides):
   config.log_every = 10
   config.checkpoint_every = 10
   config.optimizer.learning_rate = 1e-3
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+  return tiny_world._override(config, overrides)  # pylint: disable=protected-access
 
 
 def test_prepare_draws_negatives_other_than_gold_and_repeats_them(xel_data, tmp_path):
@@ -336,7 +332,7 @@ def test_prepare_draws_negatives_other_than_gold_and_repeats_them(xel_data, tmp_
   config = _config(out, **{"data.train_languages": "de"})
   data = xel_trainer.XelData(config)
   assert data.train_languages == ["de"] and data.eval_languages == ["de", "fr"]
-  features = xel_trainer.Features.__new__(xel_trainer.Features)  # Hand-made tables, no encoder.
+  features = xel_features.Features.__new__(xel_features.Features)  # Hand-made tables, no encoder.
   e = len(data.kb)
   features.kb = {"name": np.eye(e, dtype=np.float32), "context": np.zeros((e, 8), np.float32)}
   features.pairs = {"source": np.ones((5, 8), np.float32), "english": np.ones((5, 8), np.float32)}
@@ -377,7 +373,7 @@ def test_recipe_trains_evaluates_and_reuses_features(xel_data, tmp_path):
   assert np.isfinite(result["loss"])
   # Every feature comes back from the cache: the encoder is never loaded again.
   config = _config(out)
-  features = xel_trainer.Features(config, xel_trainer.XelData(config), str(workdir),
+  features = xel_features.Features(config, xel_trainer.XelData(config), str(workdir),
                                   sharding.make_mesh(config.mesh))
   assert features._encoder is None
   # The saved run evaluates again from its checkpoint, to the same numbers.
@@ -388,9 +384,9 @@ def test_recipe_trains_evaluates_and_reuses_features(xel_data, tmp_path):
 def test_pair_similarity_separates_aligned_from_shuffled():
   rng = np.random.default_rng(0)
   source = rng.normal(size=(50, 16)).astype(np.float32)
-  aligned = xel_trainer.pair_similarity(source, source + 0.1 * rng.normal(size=(50, 16)))
+  aligned = xel_features.pair_similarity(source, source + 0.1 * rng.normal(size=(50, 16)))
   assert aligned["translated"] > 0.9 and abs(aligned["random"]) < 0.2
-  unrelated = xel_trainer.pair_similarity(source, rng.normal(size=(50, 16)))
+  unrelated = xel_features.pair_similarity(source, rng.normal(size=(50, 16)))
   assert abs(unrelated["translated"]) < 0.2
 
 
