@@ -196,6 +196,31 @@ def marked_text(text: str) -> dict[str, Any]:
   return {"text": plain, "start": match.start(), "end": match.start() + len(match.group(1))}
 
 
+def highlight_html(record: dict[str, Any]) -> str:
+  """One linked text as HTML for a notebook: each mention in a <mark> followed by its best
+  entity's title and score. Takes Linker.link's records ({text, start, end, entities}) and
+  link_documents' ({text, spans}); the text is HTML-escaped."""
+  import html  # pylint: disable=g-import-not-at-top
+  text = record["text"]
+  if "spans" in record:
+    spans = [(s["start"], s["end"], s["title"], s["score"]) for s in record["spans"]]
+  else:
+    best = record["entities"][0] if record.get("entities") else None
+    spans = [(int(record["start"]), int(record["end"]),
+              best["title"] if best else "(no entity)", best["score"] if best else None)]
+  out, at = [], 0
+  for start, end, title, score in sorted(spans, key=lambda s: s[0]):
+    if start < at:  # Overlapping spans: the earlier one is shown.
+      continue
+    label = html.escape(title) + (f" {score:.2f}" if score is not None else "")
+    out += [html.escape(text[at:start]),
+            f'<mark title="{html.escape(title, quote=True)}">{html.escape(text[start:end])}'
+            f"</mark><sub>&rarr; {label}</sub>"]
+    at = end
+  out.append(html.escape(text[at:]))
+  return "<p>" + "".join(out) + "</p>"
+
+
 
 
 def link_documents(e2e, records: Sequence[dict[str, Any]], world: str,
