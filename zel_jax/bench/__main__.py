@@ -1,0 +1,225 @@
+"""python -m zel_jax.bench {index|train|encode|rerank|mvd|memory} [--flags]: see
+zel_jax/bench/__init__.py."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from absl import app, flags, logging
+import numpy as np
+
+from zel_jax import sharding
+from zel_jax.bench import memory, steps
+from zel_jax.bench.index import (bench_device, bench_faiss_flat, bench_faiss_hnsw, bench_scann,
+                                 clustered_embeddings, qps_of, result_row, timed)
+
+FLAGS = flags.FLAGS
+
+_SIZES = flags.DEFINE_list("sizes", ["100000", "1000000"], "index: numbers of entities.")
+_DIM = flags.DEFINE_integer("dim", 384, "index: embedding dimension.")
+_QUERIES = flags.DEFINE_integer("queries", 2000, "index: evaluation queries per size.")
+_TUNE_QUERIES = flags.DEFINE_integer(
+    "tune_queries", 1000, "index: queries used only to pick ScaNN's and HNSW's search knobs.")
+_K = flags.DEFINE_integer("k", 64, "index: neighbours per query (recall@k).")
+_TARGET_RECALL = flags.DEFINE_float("target_recall", 0.98,
+                                    "index: recall@k ScaNN must reach on the evaluation queries.")
+_TUNE_MARGIN = flags.DEFINE_float(
+    "tune_margin", 0.005, "index: ScaNN is tuned to target_recall + this on the tuning queries, "
+    "so that sampling noise between the query sets does not drop it below the target.")
+_STORES = flags.DEFINE_list("stores", ["exact", "scann", "faiss_hnsw", "faiss_flat", "device"],
+                            "index: stores to measure ('exact' always runs).")
+_HNSW_BUDGET_S = flags.DEFINE_float(
+    "hnsw_build_budget_s", 600.0,
+    "index: stop adding points to HNSW after this long and measure it on the rows added.")
+_HNSW_M = flags.DEFINE_integer("hnsw_m", 32, "index: FAISS HNSW graph degree M.")
+_HNSW_EF_CONSTRUCTION = flags.DEFINE_integer(
+    "hnsw_ef_construction", 128,
+    "index: FAISS HNSW efConstruction (64 plateaus at recall@64 ~0.94 on the 1M set).")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_MODEL = flags.DEFINE_string("model", "all-MiniLM-L6-v2", "train/encode: the encoder.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "train: mentions per step.")
+_MENTION_LENGTH = flags.DEFINE_integer("mention_length", 128, "train: mention tokens.")
+_ENTITY_LENGTH = flags.DEFINE_integer("entity_length", 128, "train: entity tokens.")
+_SECONDS = flags.DEFINE_float("seconds", 30.0, "train: timing window per framework.")
+_DATA = flags.DEFINE_string("data", "", "encode: ZESHEL-layout directory (default: the "
+                            "FOLDOC world, built under data/foldoc if absent).")
+_WORLD = flags.DEFINE_string("world", "foldoc", "encode: the world whose entities to embed.")
+_ENCODE_LENGTH = flags.DEFINE_integer("encode_length", 128, "encode: entity tokens.")
+_ENCODE_BATCH = flags.DEFINE_integer("encode_batch_size", 32, "encode: entities per batch.")
+_RERANK_MENTIONS = flags.DEFINE_integer("rerank_mentions", 256, "rerank: test mentions scored.")
+_RERANK_K = flags.DEFINE_integer("rerank_k", 16, "rerank: candidates per mention.")
+_RERANK_BATCH = flags.DEFINE_integer("rerank_batch_size", 2,
+                                     "rerank: mentions per batch (x k pairs).")
+
+
+_MVD_VARIANT = flags.DEFINE_string("mvd_variant", "runlocal",
+                                   "mvd: the configs/mvd.py variant whose shapes to time.")
+_MVD_BATCH = flags.DEFINE_integer("mvd_batch_size", 4, "mvd: mentions per step (both steps).")
+_MVD_DTYPE = flags.DEFINE_string("mvd_dtype", "float32",
+                                 "mvd: compute dtype of both steps (bfloat16 on TPU/GPU).")
+_MEM_CONFIG = flags.DEFINE_string(
+    "memory_config", "configs/blink_biencoder.py:variant=base",
+    "memory: the bi-encoder experiment (config file[:variant]) whose train step is compiled.")
+_MEM_MESH = flags.DEFINE_string("memory_mesh", "data=8",
+                                "memory: mesh axes, e.g. data=8 or data=2,fsdp=4.")
+_MEM_BUDGET = flags.DEFINE_float("memory_budget_gib", 16.0,
+                                 "memory: per-device budget the largest batch must fit "
+                                 "(0: measure the config's batch only).")
+_MEM_OVERRIDES = flags.DEFINE_list(
+    "memory_set", [], "memory: config overrides key=value (model.dtype=bfloat16, "
+    "model.remat=full, grad_accum_steps=4, ...).")
+_MVD_REMAT = flags.DEFINE_string("mvd_remat", "", "mvd: rematerialization policy of both "
+                                 "steps' layers (models.bert.REMAT_POLICIES; '': none).")
+
+
+def run_index() -> dict[str, Any]:
+  from zel_jax.index.numpy_store import exact_search  # pylint: disable=g-import-not-at-top
+  k, target, stores = _K.value, _TARGET_RECALL.value, set(_STORES.value)
+  unknown = stores - {"exact", "scann", "faiss_hnsw", "faiss_flat", "device"}
+  if unknown:
+    raise app.UsageError(f"unknown --stores {sorted(unknown)}")
+  if stores & {"faiss_hnsw", "faiss_flat"}:
+    try:
+      import faiss  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise app.UsageError("the FAISS columns need faiss-cpu (pip install faiss-cpu), or "
+                           "leave them out with --stores") from e
+  exact_fn = lambda t, q: exact_search(t, q, k)[1]
+  rows = []
+  for n in (int(s) for s in _SIZES.value):
+    (table, queries), gen_s = timed(lambda n=n: clustered_embeddings(
+        n, _DIM.value, _TUNE_QUERIES.value + _QUERIES.value, _SEED.value))
+    tune_q, eval_q = queries[:_TUNE_QUERIES.value], queries[_TUNE_QUERIES.value:]
+    logging.info("n=%d: data in %.1fs", n, gen_s)
+    tune_exact = exact_fn(table, tune_q)
+    eval_exact, qps = qps_of(lambda q: exact_fn(table, q), eval_q)
+    rows.append(result_row("exact_numpy", n, 0.0, qps, 1.0,
+                     params={"method": "matmul + argpartition, 128 queries per block at 1M"}))
+    tuned_recall = target
+    if "scann" in stores:
+      row, tuned_recall = bench_scann(table, tune_q, tune_exact, eval_q, eval_exact, k,
+                                      target + _TUNE_MARGIN.value)
+      rows.append(row)
+      gc.collect()
+    if "faiss_hnsw" in stores:
+      rows.append(bench_faiss_hnsw(table, tune_q, tune_exact, eval_q, eval_exact, k,
+                                   tuned_recall, _HNSW_BUDGET_S.value, exact_fn,
+                                   _HNSW_M.value, _HNSW_EF_CONSTRUCTION.value))
+      gc.collect()
+    if "faiss_flat" in stores:
+      rows.append(bench_faiss_flat(table, eval_q, eval_exact, k))
+      gc.collect()
+    if "device" in stores:
+      rows.append(bench_device(table, eval_q, eval_exact, k))
+      gc.collect()
+    del table, queries
+    gc.collect()
+  return {"rows": rows}
+
+
+def _data_dir() -> str:
+  """--data, or the FOLDOC world (built under data/foldoc if absent)."""
+  if _DATA.value:
+    return _DATA.value
+  from zel_jax import quickstart  # pylint: disable=g-import-not-at-top
+  return quickstart.fetch_foldoc("data/foldoc")
+
+
+def run_rerank() -> dict[str, Any]:
+  return steps.bench_rerank(_data_dir(), _MODEL.value, _RERANK_MENTIONS.value, _RERANK_K.value,
+                      _RERANK_BATCH.value)
+
+
+def run_train() -> dict[str, Any]:
+  return steps.bench_train(_MODEL.value, _BATCH.value, _MENTION_LENGTH.value, _ENTITY_LENGTH.value,
+                     _SECONDS.value)
+
+
+def run_encode() -> dict[str, Any]:
+  return steps.bench_encode(_data_dir(), _WORLD.value, _MODEL.value, _ENCODE_LENGTH.value,
+                      _ENCODE_BATCH.value)
+
+
+def run_mvd() -> dict[str, Any]:
+  return steps.bench_mvd(_MODEL.value, _MVD_VARIANT.value, _MVD_BATCH.value, _SECONDS.value, _MVD_DTYPE.value,
+                   _MVD_REMAT.value)
+
+
+def _memory_config():
+  """The experiment config of --memory_config with --memory_set overrides and the mesh."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = _MEM_CONFIG.value.partition(":")
+  spec = importlib.util.spec_from_file_location("memory_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for item in _MEM_OVERRIDES.value:
+    key, _, value = item.partition("=")
+    node = config
+    *parents, last = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[last] = type(node[last])(value) if not isinstance(node[last], bool) else (
+        value.lower() in ("1", "true"))
+  config.mesh = [(name, int(size)) for name, size in
+                 (axis.split("=") for axis in _MEM_MESH.value.split(","))]
+  return config
+
+
+def run_memory() -> dict[str, Any]:
+  """The config's step at its own batch, then the largest global batch (a multiple of the
+  batch shards) whose step fits --memory_budget_gib per device: doubling, then bisection."""
+  import jax  # pylint: disable=g-import-not-at-top
+  config = _memory_config()
+  mesh = sharding.make_mesh(config.mesh)
+  unit = int(np.prod([mesh.shape[a] for a in config.sharding.batch_axes if a in mesh.shape]))
+  budget = _MEM_BUDGET.value
+  at_config = memory.step_memory(config, mesh, int(config.batch_size))
+  logging.info("batch %d: %s", config.batch_size, at_config)
+  fits = {}
+  if budget <= 0:  # The config's own batch only.
+    return {"config": _MEM_CONFIG.value, "overrides": _MEM_OVERRIDES.value,
+            "mesh": dict(mesh.shape), "at_config_batch": at_config}
+
+  def fit(units: int) -> bool:
+    if units not in fits:
+      fits[units] = memory.step_memory(config, mesh, units * unit)
+      logging.info("batch %d: %.3f GiB per device", units * unit, fits[units]["total_gib"])
+    return fits[units]["total_gib"] <= budget
+
+  low, high = 0, 1
+  while fit(high):
+    low, high = high, high * 2
+  while high - low > 1:
+    mid = (low + high) // 2
+    low, high = (mid, high) if fit(mid) else (low, mid)
+  return {"config": _MEM_CONFIG.value, "overrides": _MEM_OVERRIDES.value,
+          "mesh": dict(mesh.shape), "devices": jax.device_count(),
+          "platform": jax.devices()[0].platform, "encoder": config.model.pretrained,
+          "dtype": config.model.dtype, "remat": config.model.remat or "none",
+          "lengths": [int(config.data.mention_length), int(config.data.entity_length)],
+          "at_config_batch": at_config, "budget_gib": budget,
+          "largest_batch": low * unit if low else 0,
+          "largest_batch_total_gib": fits[low]["total_gib"] if low else None}
+
+
+# Subcommands: name -> function returning the JSON object printed as the last stdout line.
+COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
+    "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank,
+    "mvd": run_mvd, "memory": run_memory}
+
+
+def main(argv: Sequence[str]) -> None:
+  sharding.use_cpu_cores_as_devices()
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: python -m zel_jax.bench {{{'|'.join(COMMANDS)}}} [--flags]")
+  result = COMMANDS[argv[1]]()
+  sys.stdout.flush()
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
