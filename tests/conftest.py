@@ -9,7 +9,8 @@ import jax
 # Must run before any JAX computation initializes the CPU backend.
 jax.config.update("jax_num_cpu_devices", 8)
 # Several tests compile the same train step (fresh closures, same program): a persistent
-# cache shared by the session turns the repeats into cache hits.
+# cache shared by the session (and by pytest-xdist's workers; JAX recompiles where it reads
+# an entry the other worker is still writing) turns the repeats into cache hits.
 jax.config.update("jax_compilation_cache_dir",
                   os.path.join(tempfile.gettempdir(), f"zel_jax_test_cache_{os.getuid()}"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
