@@ -2,7 +2,7 @@ r"""BLINK bi-encoder (Wu et al., 2020): mention and entity towers, in-batch nega
 
   python -m zel_jax.train --config=configs/blink_biencoder.py:runlocal --workdir=/tmp/bi \
       --config.data.dir=data/foldoc
-  python -m zel_jax.train --config=configs/blink_biencoder.py:variant=base --workdir=gs://b/bi \
+  python -m zel_jax.train --config=configs/blink_biencoder.py:variant=base --workdir=/shared/bi \
       --config.data.dir=/data/zeshel --config.model.pretrained=/ckpt/bert-base-uncased
 
 Variants:

@@ -6,8 +6,9 @@
 #   launch/tpu_vm.sh TPU_NAME ZONE run COMMAND...   # any command, on all workers
 #
 # Every worker runs the same command; ZEL_DISTRIBUTED=auto makes zel_jax.train call
-# jax.distributed.initialize(), which finds the slice's workers itself. Workdirs should be
-# on shared storage (gs://...) so every worker writes its checkpoint shards to one place.
+# jax.distributed.initialize(), which finds the slice's workers itself. The workdir must be
+# a folder every worker mounts at the same path (Filestore/NFS or gcsfuse, README
+# "Multi-host"; URLs such as gs:// are refused), where all write their checkpoint shards.
 # Environment: PROJECT (gcloud project; default: gcloud's), REPO (git URL to clone;
 # default: this checkout's origin), BRANCH (default main), DIR (checkout on the workers,
 # default ~/zel_jax), DRY_RUN=1 prints the gcloud commands instead of running them.

@@ -116,11 +116,11 @@ def test_launchers_print_what_they_would_run():
   run = lambda *args: subprocess.run(["bash", *args], cwd=REPO, env=env, capture_output=True,
                                      text=True, check=True).stdout
   tpu = run("launch/tpu_vm.sh", "my-tpu", "us-central2-b", "train",
-            "--config=configs/blink_biencoder.py:variant=base", "--workdir=gs://b/run 1")
+            "--config=configs/blink_biencoder.py:variant=base", "--workdir=/mnt/shared/run 1")
   assert tpu.startswith("gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b "
                         "--worker=all ")
   assert "ZEL_DISTRIBUTED=auto\\ python\\ -m\\ zel_jax.train" in tpu
-  assert "gs://b/run\\\\\\ 1" in tpu  # Quoted for the remote shell, then for this one.
+  assert "/mnt/shared/run\\\\\\ 1" in tpu  # Quoted for the remote shell, then for this one.
   setup = run("launch/tpu_vm.sh", "my-tpu", "us-central2-b", "setup")
   assert "https://example.com/zel_jax.git" in setup and "jax\\[tpu\\]" in setup
   slurm = run("launch/slurm.sbatch", "--config=configs/x.py", "--workdir=/s/w")
@@ -142,3 +142,50 @@ def test_auto_distributed_calls_initialize(monkeypatch):
   monkeypatch.setenv("ZEL_DISTRIBUTED", "auto")
   train.initialize_distributed()
   assert calls == [()]
+
+
+# Each process of the pair checks a workdir: one shared folder, or (as on hosts with only
+# local disks) a folder of its own.
+_PROBE = """
+import os, sys
+from zel_jax import sharding, train
+from zel_jax.trainers import loop
+sharding.use_cpu_cores_as_devices()
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+pid = int(args["process_id"])
+train.initialize_distributed(args["coordinator_address"], int(args["num_processes"]), pid)
+root = os.environ["PROBE_ROOT"]
+workdir = os.path.join(root, "shared" if os.environ["PROBE_SHARED"] == "1" else f"host{pid}")
+try:
+  loop.check_workdir(workdir, wait_s=1.0)
+  print(f"process {pid}: ok", flush=True)
+except ValueError as e:
+  print(f"process {pid}: {e}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_workdir_must_be_shared_by_all_processes(tmp_path, shared):
+  env = dict(os.environ, PROBE_ROOT=str(tmp_path), PROBE_SHARED=str(int(shared)))
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run(["bash", str(LAUNCH), "2", "1", sys.executable, "-c", _PROBE],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  lines = [l for l in result.stdout.splitlines() if ": ok" in l or "--workdir=" in l]
+  if shared:
+    assert sorted(lines) == ["[0] process 0: ok", "[1] process 1: ok"]
+    assert os.listdir(tmp_path / "shared") == []  # The probe is gone.
+  else:
+    assert len(lines) == 2, result.stdout
+    # Both raise (neither waits alone in a collective), naming who missed process 0's file.
+    assert all("not one folder shared by all 2 processes (processes [1] do not see" in l
+               for l in lines)
+    assert os.listdir(tmp_path / "host0") == [] and not (tmp_path / "host1").exists()
+
+
+def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r"--workdir=gs://bucket/run: a URL.*same path on every"):
+    loop.check_workdir("gs://bucket/run")
+  assert os.listdir(tmp_path) == []  # No "gs:" folder in the working directory.

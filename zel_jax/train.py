@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from zel_jax import metrics, sharding
+from zel_jax.trainers import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/blink_biencoder.py:runlocal.",
@@ -80,6 +81,7 @@ def main(argv):
     logging.info("global batch %d: %.4g per device, %.4g per process", config.batch_size,
                  config.batch_size / jax.device_count(),
                  config.batch_size / jax.process_count())
+  loop.check_workdir(_WORKDIR.value)
   trainer_module(config.trainer).train_and_evaluate(config, _WORKDIR.value)
 
 
