@@ -1,7 +1,7 @@
 r"""MVD: multi-view enhanced distillation (Liu et al., ACL 2023), in three stages.
 
 Each entity is split into local views, `[CLS] title [ENT] chunk [SEP]` of at most 40 tokens
-(sentences joined until a chunk has more than 5 tokens; zel_jax.data.features.view_features),
+(sentences joined until a chunk has more than 5 tokens; zel_jax.data.local_views.view_features),
 and kept whole as its global view. A mention's score for an entity is its best view's.
 
   # 1. Warm-up retriever: in-batch negatives over view-max scores (global + local views);

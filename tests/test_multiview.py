@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from zel_jax.data import features
+from zel_jax.data import features, local_views
 from zel_jax.models import bert
 
 
@@ -32,38 +32,38 @@ def test_sentences_by_hand():
   text = ("Fifth Doctor Youthful in mind , manner and appearance . He met Dr . Who and "
           "J . R . R . Tolkien . See wikipedia . org for more ! ( AUDIO : \" Mistfall \" ) "
           "Then 3 more ? yes .")
-  assert features.split_sentences(text) == [
+  assert local_views.split_sentences(text) == [
       "Fifth Doctor Youthful in mind , manner and appearance .",
       "He met Dr . Who and J . R . R . Tolkien .",
       "See wikipedia . org for more !",
       "( AUDIO : \" Mistfall \" ) Then 3 more ? yes ."]
-  assert features.split_sentences("One. Two!  Three?") == ["One.", "Two!", "Three?"]
-  assert features.split_sentences("   ") == []
+  assert local_views.split_sentences("One. Two!  Three?") == ["One.", "Two!", "Three?"]
+  assert local_views.split_sentences("   ") == []
 
 
 def test_chunks_merge_short_sentences():
   # Chunks close once they hold more than 5 tokens; a short tail joins the chunk before it.
-  assert features.view_chunks(["a b", "c d e f", "g h i j k l", "m"], [2, 4, 6, 1]) == [
+  assert local_views.view_chunks(["a b", "c d e f", "g h i j k l", "m"], [2, 4, 6, 1]) == [
       "a b c d e f", "g h i j k l m"]
-  assert features.view_chunks(["tiny ."], [2]) == ["tiny ."]
-  assert features.view_chunks([], []) == []
+  assert local_views.view_chunks(["tiny ."], [2]) == ["tiny ."]
+  assert local_views.view_chunks([], []) == []
 
 
 def test_views_of_real_descriptions(feat, shared_data):
   titles, texts = _excerpt_entities(shared_data)
   for text in texts:
-    sentences = features.split_sentences(text)
+    sentences = local_views.split_sentences(text)
     # No text lost or reordered by splitting...
     assert " ".join(sentences) == " ".join(text.split())
     _, counts = feat.encode_pieces(sentences, 64) if sentences else (None, [])
-    chunks = features.view_chunks(sentences, counts)
+    chunks = local_views.view_chunks(sentences, counts)
     # ... nor by chunking, and every chunk but a whole short description has > 5 tokens.
     assert " ".join(chunks) == " ".join(text.split())
     if len(chunks) > 1:
       _, chunk_counts = feat.encode_pieces(chunks, 64)
       assert (chunk_counts > 5).all()
 
-  views = features.view_features(feat, titles, texts, max_length=40)
+  views = local_views.view_features(feat, titles, texts, max_length=40)
   per = views["views_per_entity"]
   assert len(per) == len(titles) and (per >= 1).all() and per.sum() == len(views["entity"])
   assert (np.diff(views["entity"]) >= 0).all()
@@ -74,20 +74,20 @@ def test_views_of_real_descriptions(feat, shared_data):
   i = int(np.argmax(per))
   assert per[i] > 3
   first = np.flatnonzero(views["entity"] == i)
-  sentences = features.split_sentences(texts[i])
-  chunks = features.view_chunks(sentences, feat.encode_pieces(sentences, 40)[1])
+  sentences = local_views.split_sentences(texts[i])
+  chunks = local_views.view_chunks(sentences, feat.encode_pieces(sentences, 40)[1])
   expected = feat.entity_features([titles[i]] * len(chunks), chunks, 40)
   np.testing.assert_array_equal(views["input_ids"][first], expected["input_ids"])
   np.testing.assert_array_equal(views["input_ids"][first, 0], feat.cls_id)
 
-  capped = features.view_features(feat, titles, texts, max_length=40, max_views=2)
+  capped = local_views.view_features(feat, titles, texts, max_length=40, max_views=2)
   np.testing.assert_array_equal(capped["views_per_entity"], np.minimum(per, 2))
   np.testing.assert_array_equal(capped["input_ids"][capped["entity"] == i],
                                 views["input_ids"][first[:2]])
 
 
 def test_empty_description_has_a_title_view(feat):
-  views = features.view_features(feat, ["Only Title", "B"], ["", "Bee . Is an insect ."], 16)
+  views = local_views.view_features(feat, ["Only Title", "B"], ["", "Bee . Is an insect ."], 16)
   np.testing.assert_array_equal(views["views_per_entity"], [1, 1])
   tok = feat.tokenizer
   assert tok.convert_ids_to_tokens(views["input_ids"][0][:5].tolist()) == [

@@ -8,6 +8,7 @@ import pytest
 
 from test_dictd import ENTRIES, write_database
 from zel_jax.data import dictd, documents, features, zeshel
+from zel_jax.data import passages as passages_lib
 from zel_jax.models import bert
 
 # 24 words that are one wordpiece each (checked in _single_pieces), so token = word index.
@@ -34,7 +35,7 @@ def _char_span(words, w0, w1):
 
 
 def _check_windows(n, length, stride):
-  starts = features.window_starts(n, length, stride)
+  starts = passages_lib.window_starts(n, length, stride)
   assert starts.dtype == np.int64
   if n == 0:
     assert starts.size == 0
@@ -60,7 +61,7 @@ def test_window_starts_paper_shape(n):
   _check_windows(n, 32, 16)
   expected = {0: [], 1: [0], 31: [0], 32: [0], 33: [0, 16], 48: [0, 16],
               100: [0, 16, 32, 48, 64, 80]}  # 64 + 32 = 96 < 100: one more
-  assert features.window_starts(n, 32, 16).tolist() == expected[n]
+  assert passages_lib.window_starts(n, 32, 16).tolist() == expected[n]
 
 
 def test_window_starts_random():
@@ -74,7 +75,7 @@ def test_window_starts_random():
 @pytest.mark.parametrize("length,stride", [(8, 0), (8, 9), (0, 1), (4, -1)])
 def test_window_starts_rejects_bad_shapes(length, stride):
   with pytest.raises(ValueError, match="stride|length"):
-    features.window_starts(10, length, stride)
+    passages_lib.window_starts(10, length, stride)
 
 
 # -- passage rows ----------------------------------------------------------------------------
@@ -90,9 +91,9 @@ TEXTS = [
 def test_passage_rows_with_and_without_topic(feat):
   topics = ["Common Lisp machine language", "ignored", ""]
   length, stride, topic_tokens = 8, 4, 3
-  out = features.passage_features(feat, TEXTS, topics, length=length, stride=stride,
+  out = passages_lib.passage_features(feat, TEXTS, topics, length=length, stride=stride,
                                   topic_tokens=topic_tokens)
-  bare = features.passage_features(feat, TEXTS, None, length=length, stride=stride)
+  bare = passages_lib.passage_features(feat, TEXTS, None, length=length, stride=stride)
   width = 1 + length + 1 + topic_tokens + 1
   assert out.input_ids.shape == (len(out), width) and bare.input_ids.shape == (len(out),
                                                                                 length + 2)
@@ -101,7 +102,7 @@ def test_passage_rows_with_and_without_topic(feat):
   assert out.token_start.dtype == out.num_tokens.dtype == np.int64
   doc_ids = [_encode(feat, t) for t in TEXTS]
   expected_docs = [d for d, ids in enumerate(doc_ids)
-                   for _ in features.window_starts(len(ids), length, stride)]
+                   for _ in passages_lib.window_starts(len(ids), length, stride)]
   assert out.document.tolist() == expected_docs and 1 not in expected_docs
   assert out.num_documents == 3
   topic = _encode(feat, topics[0])[:topic_tokens]
@@ -132,10 +133,10 @@ def test_passage_rows_with_and_without_topic(feat):
 
 def test_passage_features_rejects_bad_arguments(feat):
   with pytest.raises(ValueError, match="2 topics for 3 texts"):
-    features.passage_features(feat, TEXTS, ["a", "b"])
+    passages_lib.passage_features(feat, TEXTS, ["a", "b"])
   with pytest.raises(ValueError, match="stride"):
-    features.passage_features(feat, TEXTS, length=8, stride=9)
-  empty = features.passage_features(feat, ["", " "], ["t", "u"])
+    passages_lib.passage_features(feat, TEXTS, length=8, stride=9)
+  empty = passages_lib.passage_features(feat, ["", " "], ["t", "u"])
   assert len(empty) == 0 and empty.input_ids.shape == (0, 32 + 2 + 8 + 1)
 
 
@@ -162,29 +163,29 @@ def test_offsets_round_trip(feat):
     for t0 in range(len(offsets)):
       for t1 in range(t0, len(offsets)):
         c0, c1 = int(offsets[t0, 0]), int(offsets[t1, 1])
-        assert features.char_span_to_tokens(offsets, c0, c1) == (t0, t1), (text, t0, t1)
+        assert passages_lib.char_span_to_tokens(offsets, c0, c1) == (t0, t1), (text, t0, t1)
   _, offsets = feat.encode_with_offsets(["Café naïve"])[0]
-  assert features.char_span_to_tokens(offsets, 5, 8) is None  # "naï": ends inside a word
-  assert features.char_span_to_tokens(offsets, 1, 4) is None  # "afé": starts inside one
-  assert features.char_span_to_tokens(offsets, 4, 10) is None  # " naïve": starts on a space
-  assert features.char_span_to_tokens(offsets, 0, 5) is None  # "Café ": ends after a space
+  assert passages_lib.char_span_to_tokens(offsets, 5, 8) is None  # "naï": ends inside a word
+  assert passages_lib.char_span_to_tokens(offsets, 1, 4) is None  # "afé": starts inside one
+  assert passages_lib.char_span_to_tokens(offsets, 4, 10) is None  # " naïve": starts on a space
+  assert passages_lib.char_span_to_tokens(offsets, 0, 5) is None  # "Café ": ends after a space
   with pytest.raises(ValueError, match="empty"):
-    features.char_span_to_tokens(offsets, 3, 3)
+    passages_lib.char_span_to_tokens(offsets, 3, 3)
   _, offsets = feat.encode_with_offsets(["PDP-11"])[0]
-  assert features.char_span_to_tokens(offsets, 0, 3) == (0, 1)  # "PD" "##P": wordpieces
-  assert features.char_span_to_tokens(offsets, 0, 1) is None
+  assert passages_lib.char_span_to_tokens(offsets, 0, 3) == (0, 1)  # "PD" "##P": wordpieces
+  assert passages_lib.char_span_to_tokens(offsets, 0, 1) is None
 
-  passages = features.passage_features(feat, OFFSET_TEXTS, length=4, stride=2)
+  passages = passages_lib.passage_features(feat, OFFSET_TEXTS, length=4, stride=2)
   for p in range(len(passages)):
     d, start = int(passages.document[p]), int(passages.token_start[p])
     n = int(passages.num_tokens[p])
     for j0 in range(n):
       for j1 in range(j0, n):
-        c0, c1 = features.token_span_to_chars(passages, p, j0, j1)
-        assert features.char_span_to_tokens(passages.document_offsets(d), c0, c1) == (
+        c0, c1 = passages_lib.token_span_to_chars(passages, p, j0, j1)
+        assert passages_lib.char_span_to_tokens(passages.document_offsets(d), c0, c1) == (
             start + j0, start + j1)
     with pytest.raises(ValueError, match="outside passage"):
-      features.token_span_to_chars(passages, p, 0, n)
+      passages_lib.token_span_to_chars(passages, p, 0, n)
 
 
 # -- gold spans per passage ------------------------------------------------------------------
@@ -194,7 +195,7 @@ def test_passage_golds(feat):
   text = " ".join(WORDS)
   assert len(_encode(feat, text)) == len(WORDS)  # one wordpiece a word
   second = "a red cat"
-  passages = features.passage_features(feat, [text, "", second], length=8, stride=4)
+  passages = passages_lib.passage_features(feat, [text, "", second], length=8, stride=4)
   assert passages.token_start.tolist() == [0, 4, 8, 12, 16, 0]  # 24 tokens; one for doc 2
   spans = [
       [(*_char_span(WORDS, 5, 6), 10),    # inside windows 0 (0-7) and 1 (4-11)
@@ -205,7 +206,7 @@ def test_passage_golds(feat):
       [],
       [(2, 9, 14)],                       # "red cat" in document 2
   ]
-  golds, partial, counts = features.passage_golds(passages, spans)
+  golds, partial, counts = passages_lib.passage_golds(passages, spans)
   assert golds == sorted([(0, 5, 6, 10), (1, 1, 2, 10), (1, 2, 5, 11), (2, 5, 5, 11),
                           (3, 1, 1, 11), (5, 1, 2, 14)])
   assert partial.dtype == object and partial.shape == (len(passages),)
@@ -214,10 +215,10 @@ def test_passage_golds(feat):
   assert counts == {"spans": 6, "unaligned": 1, "outside": 1, "gold_spans": 4, "golds": 6,
                     "cut": 5}
   for p, j0, j1, row in golds:
-    c0, c1 = features.token_span_to_chars(passages, p, j0, j1)
+    c0, c1 = passages_lib.token_span_to_chars(passages, p, j0, j1)
     assert (c0, c1, row) in spans[passages.document[p]]
   with pytest.raises(ValueError, match="spans for 2 documents"):
-    features.passage_golds(passages, spans[:2])
+    passages_lib.passage_golds(passages, spans[:2])
 
 
 # -- documents from a ZESHEL-layout world ----------------------------------------------------
@@ -299,14 +300,14 @@ def test_zeshel_documents_feed_passage_golds(lisp_world, feat):
   with zeshel.ZeshelDataset(lisp_world) as ds:
     rows = {e.document_id: i for i, e in enumerate(ds.iter_entities("lisp_world"))}
     docs = [d for s in ds.splits() for d in documents.zeshel_documents(ds, s)]
-  passages = features.passage_features(feat, [d.text for d in docs], [d.topic for d in docs],
+  passages = passages_lib.passage_features(feat, [d.text for d in docs], [d.topic for d in docs],
                                        length=8, stride=4)
   spans = [[(s.start, s.end, rows[s.entity]) for s in d.spans] for d in docs]
-  golds, _, counts = features.passage_golds(passages, spans)
+  golds, _, counts = passages_lib.passage_golds(passages, spans)
   assert counts["spans"] == counts["gold_spans"] == 16
   assert counts["unaligned"] == counts["outside"] == 0
   for p, j0, j1, row in golds:
-    c0, c1 = features.token_span_to_chars(passages, p, j0, j1)
+    c0, c1 = passages_lib.token_span_to_chars(passages, p, j0, j1)
     assert (c0, c1, row) in spans[passages.document[p]]
 
 

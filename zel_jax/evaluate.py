@@ -26,7 +26,7 @@ import numpy as np
 
 from zel_jax import metrics, sharding
 from zel_jax.data import examples as examples_lib
-from zel_jax.data import features as features_lib
+from zel_jax.data import local_views
 from zel_jax.data import zeshel
 from zel_jax.index import views as views_lib
 from zel_jax.models import biencoder
@@ -307,7 +307,7 @@ def entity_vectors(encode_entities: Callable, params: Any, featurizer,
                              desc=f"{entities.world} entities"))
     owners.append(np.arange(len(entities.ids)))
   if "local" in views.split("+"):
-    local = features_lib.view_features(featurizer, entities.titles, entities.texts,
+    local = local_views.view_features(featurizer, entities.titles, entities.texts,
                                        int(config.mvd.view_length), 0,
                                        int(config.mvd.min_view_tokens))
     tables.append(embed_rows(encode_entities, params, local, mesh, config.eval_batch_size,

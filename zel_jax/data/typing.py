@@ -204,8 +204,8 @@ def definitional_phrase(definition: str, index: dict[str, int] | None = None) ->
   sentence ("X is a programming language for ..." -> programming language), or the opening
   noun phrase of a dictionary-style definition ("An esoteric programming language based on
   ..." -> esoteric programming language); empty when neither is there."""
-  from zel_jax.data import features  # pylint: disable=g-import-not-at-top
-  sentences = features.split_sentences(definition)
+  from zel_jax.data import local_views  # pylint: disable=g-import-not-at-top
+  sentences = local_views.split_sentences(definition)
   if not sentences:
     return []
   sentence = sentences[0]

@@ -33,6 +33,7 @@ from zel_jax import losses, sharding
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
+from zel_jax.data import passages as passages_lib
 from zel_jax.data import zeshel
 from zel_jax.models import entqa
 from zel_jax.trainers import entqa_retriever as retriever_lib
@@ -219,7 +220,7 @@ def reader_fn(model: entqa.Reader, passage_length: int, max_span: int, k: int):
   return jax.jit(fn)
 
 
-def _cut_by_window_edge(passages: features_lib.Passages, p: int, j0: int, j1: int) -> bool:
+def _cut_by_window_edge(passages: passages_lib.Passages, p: int, j0: int, j1: int) -> bool:
   """Whether passage-relative span [j0, j1] touches an edge of window p that is not an edge
   of its document: it may be the visible part of a longer mention. Consecutive windows
   overlap by L - S tokens, so any mention that short that touches one window's inner edge
@@ -276,7 +277,7 @@ def passage_answers(rset: ReaderSet, passage: int, rank_lp, best, j0, j1, null, 
                                              candidate_valid=rset.rows[passage] >= 0):
     if _cut_by_window_edge(p, passage, s0 - 1, s1 - 1):
       continue
-    c0, c1 = features_lib.token_span_to_chars(p, passage, s0 - 1, s1 - 1)
+    c0, c1 = passages_lib.token_span_to_chars(p, passage, s0 - 1, s1 - 1)
     out.append((doc_id, c0, c1, str(rset.table.doc_ids[rset.rows[passage, c]]), score))
   return out
 

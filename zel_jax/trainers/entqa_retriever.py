@@ -30,7 +30,8 @@ import numpy as np
 from zel_jax import losses, sharding
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import examples as examples_lib
-from zel_jax.data import features as features_lib
+from zel_jax.data import passages as passages_lib
+from zel_jax.data import local_views
 from zel_jax.data import zeshel
 from zel_jax.models import biencoder
 from zel_jax.trainers import biencoder as biencoder_trainer
@@ -82,7 +83,7 @@ class PassageSet:
   """A split's documents cut into passages, each with its gold entities (global rows)."""
   documents: list[documents_lib.Document]
   doc_worlds: np.ndarray                # [D]
-  passages: features_lib.Passages
+  passages: passages_lib.Passages
   golds: list[np.ndarray]               # [P] distinct gold rows, spans wholly inside
   exclude: list[np.ndarray]             # [P] never negatives: golds, cut spans, own document
   self_row: np.ndarray                  # [P] the document's own entity row, or -1
@@ -107,7 +108,7 @@ def topic_of(document: documents_lib.Document, how: str) -> str:
   if how == "title":
     return document.topic or ""
   if how == "first_sentence":
-    sentences = features_lib.split_sentences(document.text)
+    sentences = local_views.split_sentences(document.text)
     return sentences[0] if sentences else ""
   if how == "first_token":
     return document.text.split(" ", 1)[0]
@@ -133,7 +134,7 @@ def passage_set(config, dataset: zeshel.ZeshelDataset, featurizer,
   topics = None
   if config.data.topic != "none":
     topics = [topic_of(d, config.data.topic) for d in docs]
-  passages = features_lib.passage_features(
+  passages = passages_lib.passage_features(
       featurizer, [d.text for d in docs], topics, length=int(config.data.passage_length),
       stride=int(config.data.passage_stride), topic_tokens=int(config.data.topic_tokens))
   doc_spans = []
@@ -146,7 +147,7 @@ def passage_set(config, dataset: zeshel.ZeshelDataset, featurizer,
                          f"[{s.start}:{s.end}] is not an entity of world {world!r}")
       spans.append((s.start, s.end, row))
     doc_spans.append(spans)
-  gold_tuples, partial, counts = features_lib.passage_golds(passages, doc_spans)
+  gold_tuples, partial, counts = passages_lib.passage_golds(passages, doc_spans)
   n = len(passages.document)
   gold_spans: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
   for p, j0, j1, row in gold_tuples:

@@ -39,7 +39,7 @@ import numpy as np
 from zel_jax import losses, sharding
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
-from zel_jax.data import features as features_lib
+from zel_jax.data import local_views as local_views_lib
 from zel_jax.data import zeshel
 from zel_jax.models import biencoder, crossencoder, multiview
 from zel_jax.trainers import biencoder as bi_trainer
@@ -84,8 +84,8 @@ class ViewTable:
 
 
 def local_views(featurizer, titles, texts, config, max_views: int) -> ViewTable:
-  feats = features_lib.view_features(featurizer, titles, texts, int(config.mvd.view_length),
-                                     max_views, int(config.mvd.min_view_tokens))
+  feats = local_views_lib.view_features(featurizer, titles, texts, int(config.mvd.view_length),
+                                         max_views, int(config.mvd.min_view_tokens))
   return ViewTable.of(feats, feats["entity"], len(titles))
 
 
