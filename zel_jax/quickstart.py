@@ -10,11 +10,8 @@ zel_jax.link. Runs again resume: a finished training run is evaluated, not retra
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,38 +34,16 @@ _SENTENCE = flags.DEFINE_string(
 
 def fetch_foldoc(out_dir: str) -> str:
   """Builds the FOLDOC world from Debian's dict-foldoc package unless `out_dir` has it."""
-  from zel_jax.data import dictd  # pylint: disable=g-import-not-at-top
+  from zel_jax.data import debian, dictd  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(out_dir, "stats.json")):
     return out_dir
   with tempfile.TemporaryDirectory() as tmp:
-    debs = _download_deb("dict-foldoc", tmp)
     unpacked = os.path.join(tmp, "root")
-    if shutil.which("dpkg-deb") is None:
-      raise RuntimeError("dpkg-deb is needed to unpack dict-foldoc (a Debian/Ubuntu tool)")
-    subprocess.run(["dpkg-deb", "-x", debs[0], unpacked], check=True)
+    debian.extract_deb(debian.download_deb("dict-foldoc", tmp), unpacked)
     stats = dictd.build_world(os.path.join(unpacked, "usr", "share", "dictd"), "foldoc",
                               out_dir)
   logging.info("FOLDOC world: %s", stats)
   return out_dir
-
-
-def _download_deb(package: str, directory: str) -> list[str]:
-  def attempt():
-    return subprocess.run(["apt-get", "download", package], cwd=directory,
-                          capture_output=True, text=True)
-  if shutil.which("apt-get") is None:
-    raise RuntimeError(f"apt-get is needed to download {package}; on another system build "
-                       "the world by hand (README: Building the FOLDOC world)")
-  result = attempt()
-  if result.returncode != 0 and os.geteuid() == 0:
-    # Fresh machines have no package lists yet.
-    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-    result = attempt()
-  debs = glob.glob(os.path.join(directory, f"{package}_*.deb"))
-  if result.returncode != 0 or not debs:
-    raise RuntimeError(f"apt-get download {package} failed: {result.stderr.strip()[-500:]} "
-                       "(run `apt-get update` as root first)")
-  return debs
 
 
 def main(argv):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -209,7 +210,50 @@ def run_memory() -> dict[str, Any]:
 # Subcommands: name -> function returning the JSON object printed as the last stdout line.
 COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
     "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank,
-    "mvd": run_mvd, "memory": run_memory}
+    "mvd": run_mvd, "memory": run_memory, "zeroshot": run_zeroshot}
+
+
+_WORLDS = flags.DEFINE_string("worlds", "data/worlds", "zeroshot: the benchmark folder built "
+                               "by `python -m zel_jax.data.worlds`.")
+_ZS_RUNS = flags.DEFINE_string("zeroshot_runs", "workdirs/zeroshot",
+                               "zeroshot: where every job's workdir goes (reused across runs).")
+_ZS_DOCS = flags.DEFINE_string("zeroshot_docs", "docs", "zeroshot: where benchmark.md, "
+                               "benchmark.json and benchmark_recall.png are written.")
+_ZS_SEEDS = flags.DEFINE_list("zeroshot_seeds", ["0", "1"], "zeroshot: seeds of the trained rows.")
+_ZS_ONLY = flags.DEFINE_list("zeroshot_only", [], "zeroshot: run only these jobs (and reuse "
+                             "finished ones); default every job. Names: bm25, untrained, "
+                             "blink.s0, hard.s0, cross.s0, ... (see zeroshot.plan).")
+_ZS_BUDGET = flags.DEFINE_string("zeroshot_budget", "", "zeroshot: overrides of the training "
+                                 "budget, e.g. steps=2000,length=128 (zeroshot.Budget).")
+
+
+def run_zeroshot() -> dict[str, Any]:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from zel_jax.bench import zeroshot, zeroshot_report  # pylint: disable=g-import-not-at-top
+  from zel_jax.data import worlds  # pylint: disable=g-import-not-at-top
+  fields = {f.name: f.type for f in dataclasses.fields(zeroshot.Budget)}
+  changes = {}
+  for part in filter(None, _ZS_BUDGET.value.split(",")):
+    key, _, value = part.partition("=")
+    if key not in fields:
+      raise app.UsageError(f"--zeroshot_budget: unknown field {key!r}; fields: {sorted(fields)}")
+    changes[key] = float(value) if fields[key] in ("float", float) else int(value)
+  budget = zeroshot.Budget(**changes)
+  seeds = [int(s) for s in _ZS_SEEDS.value]
+  summary_path = os.path.join(_WORLDS.value, "benchmark.json")
+  if not os.path.exists(summary_path):
+    raise FileNotFoundError(f"{summary_path}: build the benchmark first with `python -m "
+                            f"zel_jax.data.worlds --out={_WORLDS.value}`")
+  with open(summary_path) as f:
+    summary = json.load(f)
+  jobs = zeroshot.plan(budget, seeds)
+  only = set(_ZS_ONLY.value) or None
+  results = zeroshot.run_all(jobs, _WORLDS.value, _ZS_RUNS.value, only=only,
+                             log=lambda text: logging.info("%s", text))
+  command = "python -m zel_jax.bench zeroshot " + " ".join(sys.argv[2:])
+  paths = zeroshot_report.write(_ZS_DOCS.value, summary, results, budget, seeds, command,
+                                worlds.worlds_of("test"))
+  return {"written": paths, "jobs": len(results)}
 
 
 def main(argv: Sequence[str]) -> None:

@@ -313,10 +313,10 @@ def split_header(text: str) -> tuple[list[str], str]:
 # A cross-reference: braces around text that starts with a visible character and does not
 # cross a blank line. Code samples and set notation ("{ x | x in S }") start with a space;
 # a stray "{" is left alone because the content may not hold another brace.
-_REFERENCE = re.compile(r"\{(?![\s{}])((?:(?!\n[ \t]*\n)[^{}])*)\}")
+REFERENCE = re.compile(r"\{(?![\s{}])((?:(?!\n[ \t]*\n)[^{}])*)\}")
 # "{shown text (target)}": the text is displayed, the target is an entry name or a URL.
-_RETARGETED = re.compile(r"(.*?)\s*\(([^()]*)\)")
-_URL = re.compile(r"[A-Za-z][\w+.-]*:\S*|/\S*|\S*\.html?|.*://.*")
+RETARGETED = re.compile(r"(.*?)\s*\(([^()]*)\)")
+URL = re.compile(r"[A-Za-z][\w+.-]*:\S*|/\S*|\S*\.html?|.*://.*")
 
 SPLITS = (("train", 80), ("val", 10), ("test", 10))
 
@@ -369,7 +369,7 @@ class _Document:
   references: list[tuple[int, int, str]]  # (first token, last token, target)
 
 
-class _Resolver:
+class NameResolver:
   """Entry names -> entry, trying case, then plural, then whitespace/hyphen variants."""
 
   def __init__(self, documents: Sequence[_Document]):
@@ -423,7 +423,7 @@ def _render(header: Sequence[str], body: str, is_name: Callable[[str], bool]
   tokens = zeshel.tokenize(" ".join(header))
   references = []
   position = 0
-  for match in _REFERENCE.finditer(body):
+  for match in REFERENCE.finditer(body):
     tokens += zeshel.tokenize(body[position:match.start()])
     position = match.end()
     content = " ".join(match.group(1).split())
@@ -432,10 +432,10 @@ def _render(header: Sequence[str], body: str, is_name: Callable[[str], bool]
     # otherwise "{shown (target)}" shows its text and links to its target.
     external = False
     if not is_name(content):
-      retargeted = _RETARGETED.fullmatch(content)
+      retargeted = RETARGETED.fullmatch(content)
       if retargeted:
         shown, target = retargeted.group(1) or retargeted.group(2), retargeted.group(2)
-      external = bool(_URL.fullmatch(target))
+      external = bool(URL.fullmatch(target))
     words = zeshel.tokenize(shown)
     counts["references"] += 1
     if external:
@@ -465,7 +465,7 @@ def convert(database: DictdDatabase, world: str) -> tuple[list[zeshel.Entity],
     names = tuple(dict.fromkeys([title, *header, *entry.headwords]))
     documents.append(_Document(document_id, " ".join(zeshel.tokenize(title)), names, "", []))
     bodies.append((header, body))
-  resolver = _Resolver(documents)
+  resolver = NameResolver(documents)
 
   counts: collections.Counter = collections.Counter()
   for document, (header, body) in zip(documents, bodies):

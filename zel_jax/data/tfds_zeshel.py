@@ -5,9 +5,13 @@ tensorflow_datasets prepares and reads `array_record` datasets without TensorFlo
 random access (len, __getitem__), the form Grain reads. `as_dataset` (tf.data) is the one
 path that needs TensorFlow, so it is never used here.
 
-Two configs, because mentions and entities have different fields:
+Three configs, because mentions and entities have different fields:
   zeshel/mentions   one split per mentions file:   mentions_<split>   (mentions/<split>.json)
   zeshel/entities   one split per documents file:  entities_<world>   (documents/<world>.json)
+  zeshel/linking    one split per mentions file:   linking_<split>: each mention with its
+                    context words on both sides and its gold entity's title and text, so a
+                    split reads alone (the zero-shot benchmark of zel_jax.data.worlds as
+                    linking_train / linking_val / linking_test, each world in one of them)
 Records keep file order (shuffling is the input pipeline's job, and the i-th record of a
 split stays the i-th line of its file). Build both with
 
@@ -32,11 +36,15 @@ from zel_jax.data import zeshel
 
 MENTIONS = "mentions"
 ENTITIES = "entities"
+LINKING = "linking"
+KINDS = (MENTIONS, ENTITIES, LINKING)
 
 _MENTION_TEXT_FIELDS = ("mention_id", "context_document_id", "label_document_id", "text",
                         "corpus", "category")
 _MENTION_INT_FIELDS = ("start_index", "end_index")
 _ENTITY_FIELDS = ("document_id", "title", "text", "world")
+_LINKING_FIELDS = ("mention_id", "mention", "context_left", "context_right", "world",
+                   "category", "label_document_id", "label_title", "label_text")
 
 
 def split_name(kind: str, name: str) -> str:
@@ -52,6 +60,8 @@ class Zeshel(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name=MENTIONS, description="one split per mentions/<split>.json"),
       tfds.core.BuilderConfig(name=ENTITIES, description="one split per documents/<world>.json"),
+      tfds.core.BuilderConfig(name=LINKING, description="one split per mentions/<split>.json, "
+                              "each mention with its context and its gold entity"),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Pass download_config=tfds.download.DownloadConfig(manual_dir=DIR) where DIR is a "
@@ -75,6 +85,8 @@ class Zeshel(tfds.core.GeneratorBasedBuilder):
       fields = {name: tfds.features.Text() for name in _MENTION_TEXT_FIELDS}
       fields.update({name: tfds.features.Scalar(dtype=np.int64)
                      for name in _MENTION_INT_FIELDS})
+    elif self.builder_config.name == LINKING:
+      fields = {name: tfds.features.Text() for name in _LINKING_FIELDS}
     else:
       fields = {name: tfds.features.Text() for name in _ENTITY_FIELDS}
     return tfds.core.DatasetInfo(
@@ -89,7 +101,10 @@ class Zeshel(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
     dataset = zeshel.ZeshelDataset(dl_manager.manual_dir)
     kind = self.builder_config.name
-    names = dataset.splits() if kind == MENTIONS else dataset.worlds()
+    names = dataset.worlds() if kind == ENTITIES else [
+        # A split with no mentions (a benchmark built from some worlds only) has no records.
+        split for split in dataset.splits()
+        if next(dataset.iter_mentions(split, validate=False), None) is not None]
     generators = {}
     for name in names:
       split = split_name(kind, name)
@@ -110,17 +125,27 @@ class Zeshel(tfds.core.GeneratorBasedBuilder):
                   "end_index": m.end_index, "text": m.text, "corpus": m.corpus,
                   # Text features have no None; an absent category is "".
                   "category": m.category or ""}
+    elif kind == LINKING:
+      for i, m in enumerate(dataset.iter_mentions(name)):
+        left, span, right = dataset.mention_tokens(m)
+        gold = dataset.document(m.label_document_id)
+        yield i, {"mention_id": m.mention_id, "mention": " ".join(span),
+                  "context_left": " ".join(left), "context_right": " ".join(right),
+                  "world": m.corpus, "category": m.category or "",
+                  "label_document_id": gold.document_id, "label_title": gold.title,
+                  "label_text": gold.text}
     else:
       for i, e in enumerate(dataset.iter_entities(name)):
         yield i, {"document_id": e.document_id, "title": e.title, "text": e.text,
                   "world": e.world}
 
 
-def build(manual_dir: os.PathLike | str, data_dir: os.PathLike | str) -> dict[str, Zeshel]:
-  """Prepares both configs from a ZESHEL directory; returns {"mentions": b, "entities": b}."""
+def build(manual_dir: os.PathLike | str, data_dir: os.PathLike | str,
+          kinds: tuple[str, ...] = (MENTIONS, ENTITIES)) -> dict[str, Zeshel]:
+  """Prepares the configs `kinds` from a ZESHEL directory; returns {kind: builder}."""
   config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
   builders = {}
-  for kind in (MENTIONS, ENTITIES):
+  for kind in kinds:
     builder = Zeshel(config=kind, data_dir=os.fspath(data_dir))
     builder.download_and_prepare(download_config=config)
     builders[kind] = builder
@@ -128,10 +153,11 @@ def build(manual_dir: os.PathLike | str, data_dir: os.PathLike | str) -> dict[st
 
 
 def data_source(data_dir: os.PathLike | str, split: str):
-  """Random-access source of a prepared split ("mentions_train", "entities_starwars")."""
+  """Random-access source of a prepared split ("mentions_train", "entities_starwars",
+  "linking_test")."""
   kind = split.split("_", 1)[0]
-  if kind not in (MENTIONS, ENTITIES):
-    raise ValueError(f"split {split!r} is neither mentions_* nor entities_*")
+  if kind not in KINDS:
+    raise ValueError(f"split {split!r} is neither mentions_*, entities_* nor linking_*")
   return Zeshel(config=kind, data_dir=os.fspath(data_dir)).as_data_source(split)
 
 

@@ -1,0 +1,282 @@
+"""`python -m zel_jax.bench zeroshot --worlds=data/worlds`: every recipe on the zero-shot
+benchmark, trained on its 8 train worlds, tuned on val, reported on the 3 test worlds.
+
+Each row is a chain of jobs (`python -m zel_jax.train ...` and `python -m zel_jax.evaluate
+...`, run as a user would, one at a time: each takes both cores). A job's workdir is named by
+a hash of its config, its overrides, the jobs it reads and the benchmark's data, so:
+- a finished job is never run again (its `bench_done.json` holds its reports);
+- a job that was interrupted is started again in the same workdir, and training resumes
+  from its last checkpoint;
+- changing the budget, a seed or the data makes new workdirs and leaves old results alone.
+
+The report (`zeroshot_report.write`) goes to docs/benchmark.md, docs/benchmark.json and a
+recall@k plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any
+
+import configs
+from zel_jax.data import zeshel
+
+CONFIG_DIR = pathlib.Path(configs.__file__).resolve().parent
+DONE = "bench_done.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """The training budget of every row (CPU defaults; the table states what was used)."""
+  steps: int = 1000            # Bi-encoder rows (BLINK, ETZEL, MVD's warm-up): steps of `batch`.
+  batch: int = 32
+  length: int = 64             # Mention and entity tokens of every model.
+  learning_rate: float = 5e-5
+  hard_steps: int = 300        # Hard-negative fine-tuning after BLINK, steps of `batch`.
+  cross_steps: int = 1000      # Cross-encoder: steps of 4 mentions x `candidates`.
+  candidates: int = 8          # Candidates the cross-encoder and distillation read.
+  distill_steps: int = 300     # Distilled and gold-only students after BLINK, steps of 8.
+  typing_steps: int = 300      # ETZEL's typing stage.
+  mvd_teacher_steps: int = 300  # MVD's multi-view teacher (from the cross-encoder), 4 mentions.
+  mvd_joint_steps: int = 300   # MVD's joint stage after its warm-up retriever, 4 mentions.
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+  """An override whose value is a job's workdir: another job's, or with no name its own."""
+  job: str = ""
+
+
+@dataclasses.dataclass
+class Job:
+  name: str
+  kind: str                      # "train", "evaluate", "bm25"
+  config: str = ""               # configs/<file>:<variant>
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  args: dict[str, Any] = dataclasses.field(default_factory=dict)  # evaluate's flags
+  workdir_of: str = ""           # evaluate: the job whose workdir it reads
+
+
+def plan(budget: Budget, seeds: list[int]) -> list[Job]:
+  """Every job of the table, in an order where each job's inputs come before it."""
+  b = budget
+  common = {"data.mention_length": b.length, "data.entity_length": b.length,
+            "evals.splits": ("val", "test")}
+  bi = {**common, "batch_size": b.batch, "num_train_steps": b.steps,
+        "optimizer.learning_rate": b.learning_rate, "checkpoint_every": 250}
+  jobs = [Job("bm25", "bm25"),
+          Job("untrained", "untrained", "blink_biencoder.py:runlocal",
+              {**common, "model.pooling": "mean"})]
+  for s in seeds:
+    blink, cross, mvd_r, typing = f"blink.s{s}", f"cross.s{s}", f"mvd_r.s{s}", f"typing.s{s}"
+    jobs += [
+        Job(blink, "train", "blink_biencoder.py:runlocal", {**bi, "seed": s}),
+        Job(f"hard.s{s}", "train", "blink_biencoder.py:runlocal",
+            {**bi, "seed": s, "loss": "hard_negatives", "init_from": Ref(blink),
+             "num_train_steps": b.hard_steps}),
+        Job(f"{blink}.train_candidates", "evaluate", args={"split": "train",
+                                                           "top_k": b.candidates},
+            workdir_of=blink),
+        Job(cross, "train", "blink_crossencoder.py:runlocal",
+            {**common, "seed": s, "data.candidates": Ref(blink),
+             "data.num_candidates": b.candidates, "num_train_steps": b.cross_steps,
+             "checkpoint_every": 250}),
+        Job(f"distill.s{s}", "train", "blink_distill.py:runlocal",
+            {**common, "seed": s, "data.candidates": Ref(blink), "distill.teacher": Ref(cross),
+             "init_from": Ref(blink), "data.num_candidates": b.candidates,
+             "num_train_steps": b.distill_steps}),
+        Job(f"gold_only.s{s}", "train", "blink_distill.py:runlocal",
+            {**common, "seed": s, "data.candidates": Ref(blink), "distill.teacher": Ref(cross),
+             "init_from": Ref(blink), "data.num_candidates": b.candidates,
+             "num_train_steps": b.distill_steps, "distill.weight": 0.0}),
+        # Type descriptions from the labels' own words: WordNet (dict-wn) is not one of the
+        # benchmark's sources.
+        Job(typing, "train", "etzel_typing.py:runlocal",
+            {"seed": s, "typing.wordnet": "", "typing.mention_length": b.length,
+             "num_train_steps": b.typing_steps, "evals.splits": (),
+             "typing.types_dir": Ref()}),
+        Job(f"etzel.s{s}", "train", "etzel_multitask.py:runlocal",
+            {**bi, "seed": s, "typing.types_dir": Ref(typing)}),
+        # The warm-up retriever's global-view candidates are the teacher's training lists.
+        Job(mvd_r, "train", "mvd.py:runlocal,stage=retriever",
+            {**bi, "seed": s, "evals.splits": ("train",), "evals.views": "global",
+             "evals.top_k": b.candidates * 4}),
+        Job(f"mvd_t.s{s}", "train", "mvd.py:runlocal,stage=teacher",
+            {"data.mention_length": b.length, "seed": s, "mvd.candidates": Ref(mvd_r),
+             "init_from": Ref(cross), "mvd.num_candidates": b.candidates,
+             "num_train_steps": b.mvd_teacher_steps, "evals.splits": ()}),
+        Job(f"mvd.s{s}", "train", "mvd.py:runlocal,stage=joint",
+            {"data.mention_length": b.length, "seed": s, "mvd.retriever": Ref(mvd_r),
+             "mvd.teacher": Ref(f"mvd_t.s{s}"), "mvd.num_candidates": b.candidates,
+             "num_train_steps": b.mvd_joint_steps, "evals.splits": ("val", "test")}),
+    ]
+  return jobs
+
+
+def data_fingerprint(data_dir: str) -> str:
+  """A hash of the benchmark's files: results are keyed by the data they were measured on."""
+  digest = hashlib.sha256()
+  root = pathlib.Path(data_dir)
+  for path in sorted([*root.glob("documents/*.json"), *root.glob("mentions/*.json")]):
+    digest.update(str(path.relative_to(root)).encode() + b"\x00")
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return digest.hexdigest()[:16]
+
+
+def job_key(job: Job, keys: dict[str, str], data: str) -> str:
+  """Config, overrides (a Ref by the key of the job it names), arguments and data."""
+  spec = {"kind": job.kind, "config": job.config, "args": job.args,
+          "reads": keys.get(job.workdir_of, ""), "data": data,
+          "overrides": {k: (f"ref:{keys[v.job] if v.job else 'self'}" if isinstance(v, Ref)
+                            else v)
+                        for k, v in sorted(job.overrides.items())}}
+  return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def _flag(key: str, value: Any) -> str:
+  if isinstance(value, tuple):
+    return f"--config.{key}={value!r}"
+  return f"--config.{key}={value}"
+
+
+def command(job: Job, workdir: str, workdirs: dict[str, str], data_dir: str) -> list[str]:
+  """The command line a user would type for this job."""
+  def resolved(v: Any) -> Any:
+    return (workdirs[v.job] if v.job else workdir) if isinstance(v, Ref) else v
+
+  if job.kind == "evaluate":
+    return [sys.executable, "-m", "zel_jax.evaluate", f"--workdir={workdirs[job.workdir_of]}",
+            *(f"--{k}={v}" for k, v in job.args.items())]
+  file, _, variant = job.config.partition(":")
+  argv = [sys.executable, "-m", "zel_jax.train",
+          f"--config={CONFIG_DIR / file}" + (f":{variant}" if variant else ""),
+          f"--workdir={workdir}", f"--config.data.dir={data_dir}"]
+  for key, value in job.overrides.items():
+    argv.append(_flag(key, resolved(value)))
+  return argv
+
+
+def _last_json_line(text: str) -> dict[str, Any]:
+  for line in reversed(text.splitlines()):
+    line = line.strip()
+    if line.startswith("{"):
+      return json.loads(line)
+  raise ValueError("no JSON report on the last lines of the output")
+
+
+def _reports(workdir: str) -> dict[str, Any]:
+  out = {}
+  for split in ("val", "test", "train"):
+    path = os.path.join(workdir, f"eval_{split}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out[split] = json.load(f)
+  return out
+
+
+def _run_logged(argv: list[str], log_path: str) -> str:
+  with open(log_path, "a") as log:
+    log.write(f"\n$ {' '.join(argv)}\n")
+    log.flush()
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log.write(result.stdout)
+  if result.returncode != 0:
+    with open(log_path) as f:
+      tail = f.read()[-3000:]
+    raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({result.returncode}); the end of "
+                       f"{log_path}:\n{tail}")
+  return result.stdout
+
+
+def _untrained(job: Job, workdir: str, data_dir: str) -> dict[str, Any]:
+  """The encoder before training: a workdir holding only the config, evaluated as one."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
+  file, _, variant = job.config.partition(":")
+  config = config_flags.load_config_file(str(CONFIG_DIR / file) + (f":{variant}" if variant
+                                                                   else ""))
+  config.data.dir = data_dir
+  for key, value in job.overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  loop.save_config(config, workdir)
+  reports = {}
+  for split in config.evals.splits:
+    out = _run_logged([sys.executable, "-m", "zel_jax.evaluate", f"--workdir={workdir}",
+                       f"--split={split}", "--baseline=untrained"],
+                      os.path.join(workdir, "bench.log"))
+    reports[split] = _last_json_line(out)
+  return reports
+
+
+def _bm25(data_dir: str) -> dict[str, Any]:
+  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
+  dataset = zeshel.ZeshelDataset(data_dir)
+  return {split: evaluate.evaluate_bm25(dataset, split, top_k=100) for split in ("val", "test")}
+
+
+def run_job(job: Job, workdir: str, workdirs: dict[str, str], data_dir: str) -> dict[str, Any]:
+  os.makedirs(workdir, exist_ok=True)
+  log = os.path.join(workdir, "bench.log")
+  if job.kind == "bm25":
+    return _bm25(data_dir)
+  if job.kind == "untrained":
+    return _untrained(job, workdir, data_dir)
+  argv = command(job, workdir, workdirs, data_dir)
+  out = _run_logged(argv, log)
+  if job.kind == "evaluate":
+    return {job.args.get("split", "test"): _last_json_line(out)}
+  return _reports(workdir)
+
+
+def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None = None,
+            log=print) -> dict[str, dict[str, Any]]:
+  """Runs (or reuses) every job; returns {job name: {"workdir", "seconds", "reports"}}."""
+  fingerprint = data_fingerprint(data_dir)
+  keys: dict[str, str] = {}
+  workdirs: dict[str, str] = {}
+  for job in jobs:
+    keys[job.name] = job_key(job, keys, fingerprint)
+    own = job.workdir_of and workdirs[job.workdir_of]
+    workdirs[job.name] = os.path.abspath(own or os.path.join(
+        runs_dir, f"{job.name}-{keys[job.name]}"))
+  results: dict[str, dict[str, Any]] = {}
+  todo = [j for j in jobs if only is None or j.name in only]
+  spent: list[float] = []
+  for i, job in enumerate(todo, start=1):
+    workdir = workdirs[job.name]
+    done_path = os.path.join(workdir, DONE if not job.workdir_of else
+                             f"bench_done.{job.name}.json")
+    if os.path.exists(done_path):
+      with open(done_path) as f:
+        results[job.name] = json.load(f)
+      continue
+    remaining = len(todo) - i + 1
+    eta = f", ETA {sum(spent) / len(spent) * remaining / 60:.0f} min" if spent else ""
+    log(f"[{i}/{len(todo)}] {job.name} in {workdir}{eta}")
+    start = time.time()
+    reports = run_job(job, workdir, workdirs, data_dir)
+    seconds = round(time.time() - start, 1)
+    spent.append(seconds)
+    results[job.name] = {"workdir": workdir, "seconds": seconds, "reports": reports,
+                         "command": " ".join(command(job, workdir, workdirs, data_dir))
+                         if job.kind in ("train", "evaluate") else job.kind}
+    temporary = done_path + ".tmp"
+    with open(temporary, "w") as f:
+      json.dump(results[job.name], f, indent=1)
+    os.replace(temporary, done_path)
+    log(f"[{i}/{len(todo)}] {job.name} done in {seconds / 60:.1f} min")
+  return results
