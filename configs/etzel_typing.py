@@ -69,6 +69,8 @@ def get_config(arg=None):
   config.typing.extract_threshold = 0.1
   config.typing.extract_block = 8192  # Entities featurized and predicted at a time.
   config.typing.types_dir = ""      # Where extraction writes <world>.json; "": DATA/types.
+  config.typing.extract_splits = ()  # Extract only for the worlds of these mention splits
+                                     # (e.g. ("train",)); empty: every world.
 
   # Model.
   config.model = common.encoder({"base": "bert-base-uncased",

@@ -365,3 +365,25 @@ def test_typing_and_linking_layers_start_from_the_top_layer(tiny):
   fresh = etzel.pretrained_params(config, model, shardings, jax.random.PRNGKey(0))
   assert not np.allclose(fresh["mention_typing"]["layer_0"]["output"]["kernel"],
                          params["mention"]["layer_1"]["output"]["kernel"])
+
+
+def test_extraction_can_be_limited_to_the_worlds_of_some_splits(tmp_path):
+  import configs.etzel_typing as recipe
+  from zel_jax.trainers import typing as trainer
+  (tmp_path / "documents").mkdir()
+  (tmp_path / "mentions").mkdir()
+  for world in ("trainworld", "testworld", "unused"):
+    (tmp_path / "documents" / f"{world}.json").write_text(
+        json.dumps({"document_id": f"{world}1", "title": "t", "text": "a b"}) + "\n")
+  for split, world in (("train", "trainworld"), ("test", "testworld")):
+    (tmp_path / "mentions" / f"{split}.json").write_text(json.dumps({
+        "mention_id": f"m{split}", "context_document_id": f"{world}1",
+        "label_document_id": f"{world}1", "start_index": 0, "end_index": 0, "text": "a",
+        "corpus": world, "category": "LOW_OVERLAP"}) + "\n")
+  dataset = zeshel.ZeshelDataset(tmp_path)
+  config = recipe.get_config("runlocal")
+  assert trainer._extraction_worlds(config, dataset) == ["testworld", "trainworld", "unused"]
+  config.typing.extract_splits = ("train",)
+  assert trainer._extraction_worlds(config, dataset) == ["trainworld"]
+  config.typing.extract_splits = ("train", "test", "val")  # a split the data lacks is skipped
+  assert trainer._extraction_worlds(config, dataset) == ["testworld", "trainworld"]

@@ -71,9 +71,11 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
             "evals.splits": ("val", "test")}
   bi = {**common, "batch_size": b.batch, "num_train_steps": b.steps,
         "optimizer.learning_rate": b.learning_rate, "checkpoint_every": 250}
+  # The baselines also run on the train worlds: the data card gives every world's.
+  all_splits = ("train", "val", "test")
   jobs = [Job("bm25", "bm25"),
           Job("untrained", "untrained", "blink_biencoder.py:runlocal",
-              {**common, "model.pooling": "mean"})]
+              {**common, "model.pooling": "mean", "evals.splits": all_splits})]
   for s in seeds:
     blink, cross, mvd_r, typing = f"blink.s{s}", f"cross.s{s}", f"mvd_r.s{s}", f"typing.s{s}"
     jobs += [
@@ -101,7 +103,7 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
         Job(typing, "train", "etzel_typing.py:runlocal",
             {"seed": s, "typing.wordnet": "", "typing.mention_length": b.length,
              "num_train_steps": b.typing_steps, "evals.splits": (),
-             "typing.types_dir": Ref()}),
+             "typing.types_dir": Ref(), "typing.extract_splits": ("train",)}),
         Job(f"etzel.s{s}", "train", "etzel_multitask.py:runlocal",
             {**bi, "seed": s, "typing.types_dir": Ref(typing)}),
         # The warm-up retriever's global-view candidates are the teacher's training lists.
@@ -115,6 +117,9 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
         Job(f"mvd.s{s}", "train", "mvd.py:runlocal,stage=joint",
             {"data.mention_length": b.length, "seed": s, "mvd.retriever": Ref(mvd_r),
              "mvd.teacher": Ref(f"mvd_t.s{s}"), "mvd.num_candidates": b.candidates,
+             # Negatives re-mined once per epoch, as MVD does (runlocal's every 50 steps
+             # would re-encode the 8 train worlds' views several times).
+             "mvd.refresh_every": 0,
              "num_train_steps": b.mvd_joint_steps, "evals.splits": ("val", "test")}),
     ]
   return jobs
@@ -225,7 +230,8 @@ def _untrained(job: Job, workdir: str, data_dir: str) -> dict[str, Any]:
 def _bm25(data_dir: str) -> dict[str, Any]:
   from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
   dataset = zeshel.ZeshelDataset(data_dir)
-  return {split: evaluate.evaluate_bm25(dataset, split, top_k=100) for split in ("val", "test")}
+  return {split: evaluate.evaluate_bm25(dataset, split, top_k=100)
+          for split in ("train", "val", "test")}
 
 
 def run_job(job: Job, workdir: str, workdirs: dict[str, str], data_dir: str) -> dict[str, Any]:

@@ -290,6 +290,17 @@ def extract_world(model, params, featurizer, vocabulary, dataset: zeshel.ZeshelD
   return counts
 
 
+def _extraction_worlds(config, dataset: zeshel.ZeshelDataset) -> list[str]:
+  """Every world, or with config.typing.extract_splits only the worlds whose mentions are in
+  those splits (stage two trains on the train worlds' types alone: a benchmark of many worlds
+  need not type its test knowledge bases)."""
+  splits = tuple(config.typing.get("extract_splits", ()))
+  if not splits:
+    return dataset.worlds()
+  return sorted({m.corpus for split in splits if split in dataset.splits()
+                 for m in dataset.iter_mentions(split, validate=False)})
+
+
 # ------------------------------------------------------------------------------------------
 # Training.
 
@@ -329,7 +340,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       model, outcome.params, typing_set(config, dataset, split, featurizer, vocabulary,
                                         labels), config, mesh, vocabulary))
   extracted = {}
-  for world in (dataset.worlds() if config.typing.extract else []):
+  for world in (_extraction_worlds(config, dataset) if config.typing.extract else []):
     extracted[world] = extract_world(model, outcome.params, featurizer, vocabulary, dataset,
                                      world, config, mesh)
     logging.info("extracted types of %s: %s", world, extracted[world])
