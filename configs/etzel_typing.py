@@ -51,6 +51,7 @@ def get_config(arg=None):
   config.data.dir = ""              # A ZESHEL-layout directory (documents/, mentions/).
   config.data.train_split = "train"
   config.data.use_unused_markers = True
+  config.data.window_words = -1     # Words kept each side of a mention (-1: the document).
 
   config.typing = ml_collections.ConfigDict()
   config.typing.vocabulary = default_vocabulary()  # One type label per line (UFET's 10,331).

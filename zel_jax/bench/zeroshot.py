@@ -67,8 +67,10 @@ class Job:
 def plan(budget: Budget, seeds: list[int]) -> list[Job]:
   """Every job of the table, in an order where each job's inputs come before it."""
   b = budget
+  # BLINK's converter keeps 128 words each side of a mention; some documentation pages
+  # (Vim's version notes, perlapi) run to 100k words.
   common = {"data.mention_length": b.length, "data.entity_length": b.length,
-            "evals.splits": ("val", "test")}
+            "data.window_words": 128, "evals.splits": ("val", "test")}
   bi = {**common, "batch_size": b.batch, "num_train_steps": b.steps,
         "optimizer.learning_rate": b.learning_rate, "checkpoint_every": 250}
   # The baselines also run on the train worlds: the data card gives every world's.
@@ -102,6 +104,7 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
         # benchmark's sources.
         Job(typing, "train", "etzel_typing.py:runlocal",
             {"seed": s, "typing.wordnet": "", "typing.mention_length": b.length,
+             "data.window_words": 128,
              "num_train_steps": b.typing_steps, "evals.splits": (),
              "typing.types_dir": Ref(), "typing.extract_splits": ("train",)}),
         Job(f"etzel.s{s}", "train", "etzel_multitask.py:runlocal",
@@ -111,11 +114,13 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
             {**bi, "seed": s, "evals.splits": ("train",), "evals.views": "global",
              "evals.top_k": b.candidates * 4}),
         Job(f"mvd_t.s{s}", "train", "mvd.py:runlocal,stage=teacher",
-            {"data.mention_length": b.length, "seed": s, "mvd.candidates": Ref(mvd_r),
+            {"data.mention_length": b.length, "data.window_words": 128, "seed": s,
+             "mvd.candidates": Ref(mvd_r),
              "init_from": Ref(cross), "mvd.num_candidates": b.candidates,
              "num_train_steps": b.mvd_teacher_steps, "evals.splits": ()}),
         Job(f"mvd.s{s}", "train", "mvd.py:runlocal,stage=joint",
-            {"data.mention_length": b.length, "seed": s, "mvd.retriever": Ref(mvd_r),
+            {"data.mention_length": b.length, "data.window_words": 128, "seed": s,
+             "mvd.retriever": Ref(mvd_r),
              "mvd.teacher": Ref(f"mvd_t.s{s}"), "mvd.num_candidates": b.candidates,
              # Negatives re-mined once per epoch, as MVD does (runlocal's every 50 steps
              # would re-encode the 8 train worlds' views several times).

@@ -141,8 +141,11 @@ def kb_typing_set(config, dataset: zeshel.ZeshelDataset, split: str, featurizer,
       if own:
         entities.append((dataset.document(mention.context_document_id), own))
   lefts, spans, rights = [], [], []
+  window = int(config.data.get("window_words", -1))
   for mention, _ in mentions:
     left, span, right = dataset.mention_tokens(mention)
+    if window >= 0:
+      left, right = left[len(left) - window:] if window else [], right[:window]
     lefts.append(" ".join(left))
     spans.append(" ".join(span))
     rights.append(" ".join(right))
