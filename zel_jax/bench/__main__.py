@@ -207,12 +207,6 @@ def run_memory() -> dict[str, Any]:
           "largest_batch_total_gib": fits[low]["total_gib"] if low else None}
 
 
-# Subcommands: name -> function returning the JSON object printed as the last stdout line.
-COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
-    "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank,
-    "mvd": run_mvd, "memory": run_memory, "zeroshot": run_zeroshot}
-
-
 _WORLDS = flags.DEFINE_string("worlds", "data/worlds", "zeroshot: the benchmark folder built "
                                "by `python -m zel_jax.data.worlds`.")
 _ZS_RUNS = flags.DEFINE_string("zeroshot_runs", "workdirs/zeroshot",
@@ -248,12 +242,21 @@ def run_zeroshot() -> dict[str, Any]:
     summary = json.load(f)
   jobs = zeroshot.plan(budget, seeds)
   only = set(_ZS_ONLY.value) or None
-  results = zeroshot.run_all(jobs, _WORLDS.value, _ZS_RUNS.value, only=only,
-                             log=lambda text: logging.info("%s", text))
   command = "python -m zel_jax.bench zeroshot " + " ".join(sys.argv[2:])
-  paths = zeroshot_report.write(_ZS_DOCS.value, summary, results, budget, seeds, command,
-                                worlds.worlds_of("test"))
-  return {"written": paths, "jobs": len(results)}
+
+  def report(results):
+    return zeroshot_report.write(_ZS_DOCS.value, summary, results, budget, seeds, command,
+                                 worlds.worlds_of("test"))
+
+  results = zeroshot.run_all(jobs, _WORLDS.value, _ZS_RUNS.value, only=only,
+                             log=lambda text: logging.info("%s", text), on_result=report)
+  return {"written": report(results), "jobs": len(results)}
+
+
+# Subcommands: name -> function returning the JSON object printed as the last stdout line.
+COMMANDS: dict[str, Callable[[], dict[str, Any]]] = {
+    "index": run_index, "train": run_train, "encode": run_encode, "rerank": run_rerank,
+    "mvd": run_mvd, "memory": run_memory, "zeroshot": run_zeroshot}
 
 
 def main(argv: Sequence[str]) -> None:

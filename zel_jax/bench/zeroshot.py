@@ -35,17 +35,17 @@ DONE = "bench_done.json"
 @dataclasses.dataclass(frozen=True)
 class Budget:
   """The training budget of every row (CPU defaults; the table states what was used)."""
-  steps: int = 1000            # Bi-encoder rows (BLINK, ETZEL, MVD's warm-up): steps of `batch`.
+  steps: int = 500             # Bi-encoder rows (BLINK, ETZEL, MVD's warm-up): steps of `batch`.
   batch: int = 32
-  length: int = 64             # Mention and entity tokens of every model.
+  length: int = 32             # Mention and entity tokens of every model.
   learning_rate: float = 5e-5
   hard_steps: int = 300        # Hard-negative fine-tuning after BLINK, steps of `batch`.
-  cross_steps: int = 1000      # Cross-encoder: steps of 4 mentions x `candidates`.
+  cross_steps: int = 600       # Cross-encoder: steps of 4 mentions x `candidates`.
   candidates: int = 8          # Candidates the cross-encoder and distillation read.
   distill_steps: int = 300     # Distilled and gold-only students after BLINK, steps of 8.
   typing_steps: int = 300      # ETZEL's typing stage.
-  mvd_teacher_steps: int = 300  # MVD's multi-view teacher (from the cross-encoder), 4 mentions.
-  mvd_joint_steps: int = 300   # MVD's joint stage after its warm-up retriever, 4 mentions.
+  mvd_teacher_steps: int = 200  # MVD's multi-view teacher (from the cross-encoder), 4 mentions.
+  mvd_joint_steps: int = 200   # MVD's joint stage after its warm-up retriever, 4 mentions.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +240,6 @@ def _bm25(data_dir: str) -> dict[str, Any]:
 
 
 def run_job(job: Job, workdir: str, workdirs: dict[str, str], data_dir: str) -> dict[str, Any]:
-  os.makedirs(workdir, exist_ok=True)
   log = os.path.join(workdir, "bench.log")
   if job.kind == "bm25":
     return _bm25(data_dir)
@@ -254,8 +253,10 @@ def run_job(job: Job, workdir: str, workdirs: dict[str, str], data_dir: str) -> 
 
 
 def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None = None,
-            log=print) -> dict[str, dict[str, Any]]:
-  """Runs (or reuses) every job; returns {job name: {"workdir", "seconds", "reports"}}."""
+            log=print, on_result=None) -> dict[str, dict[str, Any]]:
+  """Runs (or reuses) every job; returns {job name: {"workdir", "seconds", "reports"}}.
+  `on_result(results)` is called after each job that ran (the report is rewritten as rows
+  arrive, so a long run shows its table so far)."""
   fingerprint = data_fingerprint(data_dir)
   keys: dict[str, str] = {}
   workdirs: dict[str, str] = {}
@@ -279,6 +280,7 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     eta = f", ETA {sum(spent) / len(spent) * remaining / 60:.0f} min" if spent else ""
     log(f"[{i}/{len(todo)}] {job.name} in {workdir}{eta}")
     start = time.time()
+    os.makedirs(workdir, exist_ok=True)
     reports = run_job(job, workdir, workdirs, data_dir)
     seconds = round(time.time() - start, 1)
     spent.append(seconds)
@@ -290,4 +292,6 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
       json.dump(results[job.name], f, indent=1)
     os.replace(temporary, done_path)
     log(f"[{i}/{len(todo)}] {job.name} done in {seconds / 60:.1f} min")
+    if on_result is not None:
+      on_result(results)
   return results

@@ -199,10 +199,9 @@ def orderings(results: dict[str, Any]) -> list[str]:
            for _, r in _runs(results, "cross")]
   blink = _mean(recall(results, "blink", "test", 1))
   if cross and blink is not None and None not in cross:
-    holds = _mean(cross) > blink
-    lines.append(f"- cross-encoder > bi-encoder, accuracy@1: **{'holds' if holds else 'does '
-                 f'not hold'}** (cross macro unnormalized {_mean(cross):.2f} vs BLINK R@1 "
-                 f"{blink:.2f})")
+    verdict = "holds" if _mean(cross) > blink else "does not hold"
+    lines.append(f"- cross-encoder > bi-encoder, accuracy@1: **{verdict}** (cross macro "
+                 f"unnormalized {_mean(cross):.2f} vs BLINK R@1 {blink:.2f})")
   return lines
 
 

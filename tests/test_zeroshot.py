@@ -1,0 +1,132 @@
+"""bench zeroshot: the job plan, keys that cache by config and data, commands, resumption,
+and the report written from the jobs' results."""
+
+import json
+import os
+
+import pytest
+
+from zel_jax.bench import zeroshot, zeroshot_report
+from zel_jax.data import zeshel
+
+
+def test_plan_chains_every_row_through_the_jobs_it_reads():
+  jobs = {j.name: j for j in zeroshot.plan(zeroshot.Budget(), [0, 1])}
+  assert {"bm25", "untrained", "blink.s0", "blink.s1", "hard.s0", "cross.s0", "distill.s0",
+          "gold_only.s0", "typing.s0", "etzel.s0", "mvd_r.s0", "mvd_t.s0", "mvd.s0"} <= set(jobs)
+  assert jobs["hard.s0"].overrides["init_from"] == zeroshot.Ref("blink.s0")
+  assert jobs["distill.s1"].overrides["distill.teacher"] == zeroshot.Ref("cross.s1")
+  assert jobs["gold_only.s0"].overrides["distill.weight"] == 0.0
+  assert jobs["mvd_t.s0"].overrides["init_from"] == zeroshot.Ref("cross.s0")
+  assert jobs["etzel.s0"].overrides["typing.types_dir"] == zeroshot.Ref("typing.s0")
+  # The same training budget within a recipe: BLINK, ETZEL and MVD's warm-up.
+  for name in ("blink.s0", "etzel.s0", "mvd_r.s0"):
+    assert jobs[name].overrides["num_train_steps"] == zeroshot.Budget().steps
+  # Every job comes after the jobs it reads.
+  order = list(jobs)
+  for job in jobs.values():
+    for value in job.overrides.values():
+      if isinstance(value, zeroshot.Ref) and value.job:
+        assert order.index(value.job) < order.index(job.name)
+
+
+def test_keys_follow_config_inputs_and_data():
+  budget = zeroshot.Budget()
+
+  def keys(budget, data="d0"):
+    out = {}
+    for job in zeroshot.plan(budget, [0]):
+      out[job.name] = zeroshot.job_key(job, out, data)
+    return out
+
+  base = keys(budget)
+  assert base == keys(budget)
+  more_cross = keys(zeroshot.Budget(cross_steps=budget.cross_steps + 1))
+  # A change reaches the job and everything that reads it, and nothing else.
+  changed = {name for name in base if base[name] != more_cross[name]}
+  assert changed == {"cross.s0", "distill.s0", "gold_only.s0", "mvd_t.s0", "mvd.s0"}
+  assert all(base[n] != v for n, v in keys(budget, data="d1").items())
+
+
+def test_command_is_what_a_user_types():
+  jobs = zeroshot.plan(zeroshot.Budget(), [0])
+  workdirs = {j.name: f"/runs/{j.name}" for j in jobs}
+  by_name = {j.name: j for j in jobs}
+  argv = zeroshot.command(by_name["cross.s0"], "/runs/cross.s0", workdirs, "data/worlds")
+  assert argv[1:3] == ["-m", "zel_jax.train"]
+  assert argv[3].endswith("configs/blink_crossencoder.py:runlocal")
+  assert "--config.data.candidates=/runs/blink.s0" in argv
+  assert "--config.evals.splits=('val', 'test')" in argv
+  typing = zeroshot.command(by_name["typing.s0"], "/runs/typing.s0", workdirs, "data/worlds")
+  assert "--config.typing.types_dir=/runs/typing.s0" in typing  # its own workdir
+  assert "--config.typing.wordnet=" in typing  # WordNet is not a benchmark source
+  evaluate = zeroshot.command(by_name["blink.s0.train_candidates"], "", workdirs, "d")
+  assert evaluate[1:] == ["-m", "zel_jax.evaluate", "--workdir=/runs/blink.s0",
+                          "--split=train", "--top_k=8"]
+
+
+def _recall_report(r1, r64, worlds, categories=zeshel.CATEGORIES):
+  ks = {f"recall@{k}": v for k, v in ((1, r1), (4, r1 + 5), (16, r1 + 10), (64, r64))}
+  for k in (2, 8, 32, 50, 100):
+    ks[f"recall@{k}"] = min(100.0, r64 + k / 100)
+  return {**ks, "mentions": 30, "macro": dict(ks),
+          "per_world": {w: {**ks, "mentions": 10} for w in worlds},
+          "per_category": {c: {**ks, "mentions": 5} for c in categories}}
+
+
+def test_report_tables_and_orderings_come_from_the_results(tmp_path):
+  worlds = ["python3.11-doc", "rust-doc", "apache2-doc"]
+  summary = {"worlds": {w: {"split": "test", "entities": 100, "mentions": 50,
+                            "mentions_kept": 30, "mean_entity_tokens": 12.5,
+                            "category_share": {c: 0.25 for c in zeshel.CATEGORIES},
+                            "links_dropped": {"unresolved": 3, "to_self": 2,
+                                              "empty_anchor": 0, "overlapping": 1}}
+                        for w in worlds}}
+  numbers = {"bm25": (20, 60), "untrained": (10, 50), "blink.s0": (40, 80),
+             "blink.s1": (42, 82), "mvd.s0": (45, 79), "mvd.s1": (47, 81)}
+  results = {name: {"seconds": 60, "command": name,
+                    "reports": {"test": _recall_report(r1, r64, worlds),
+                                "val": _recall_report(r1, r64, ["sqlite3-doc"])}}
+             for name, (r1, r64) in numbers.items()}
+  results["cross.s0"] = {"seconds": 60, "command": "c", "reports": {"test": {
+      "unnormalized_accuracy": 50.0, "macro": {"normalized_accuracy": 60.0,
+                                               "unnormalized_accuracy": 55.0,
+                                               "candidate_recall": 90.0,
+                                               "retriever_accuracy": 41.0}}}}
+  paths = zeroshot_report.write(str(tmp_path), summary, results, zeroshot.Budget(), [0, 1],
+                                "python -m zel_jax.bench zeroshot", worlds)
+  text = open(paths["benchmark.md"]).read()
+  assert "| BLINK bi-encoder | 41.00 (40.00 / 42.00) |" in text
+  assert "| python3.11-doc | test | 100 | 30 / 50 | 12.5 | 25.0% |" in text
+  assert "| rust-doc | test |" in text and "20.00 / 60.00 | 10.00 / 50.00 |" in text
+  assert "MVD > BLINK, R@1: **holds** (mvd 46.00 vs blink 41.00)" in text
+  assert "MVD > BLINK, R@64: **does not hold** (mvd 80.00 vs blink 81.00)" in text
+  # BLINK beats both, but the untrained encoder (50) is under BM25 (60): the chain fails.
+  assert "trained (BLINK) > untrained > BM25, R@64: **does not hold**" in text
+  assert "cross-encoder > bi-encoder, accuracy@1: **holds** (cross macro unnormalized 55.00" in text
+  assert "distilled > gold-only control, R@1: not measured" in text
+  assert os.path.getsize(paths["benchmark_recall.png"]) > 1000
+  assert json.load(open(paths["benchmark.json"]))["results"]["blink.s1"]["seconds"] == 60
+
+
+def test_finished_jobs_are_reused_and_failures_name_the_log(tmp_path, monkeypatch):
+  data = tmp_path / "data"
+  (data / "documents").mkdir(parents=True)
+  (data / "mentions").mkdir()
+  (data / "documents" / "w.json").write_text('{"document_id": "A", "title": "a", "text": "a"}\n')
+  calls = []
+
+  def fake_run(job, workdir, workdirs, data_dir):
+    calls.append(job.name)
+    if job.name == "broken":
+      raise RuntimeError(f"failed; see {workdir}/bench.log")
+    return {"test": {"recall@1": 1.0}}
+
+  monkeypatch.setattr(zeroshot, "run_job", fake_run)
+  jobs = [zeroshot.Job("bm25", "bm25"), zeroshot.Job("broken", "bm25")]
+  with pytest.raises(RuntimeError, match="bench.log"):
+    zeroshot.run_all(jobs, str(data), str(tmp_path / "runs"), log=lambda _: None)
+  assert calls == ["bm25", "broken"]
+  results = zeroshot.run_all(jobs[:1], str(data), str(tmp_path / "runs"), log=lambda _: None)
+  assert calls == ["bm25", "broken"]  # bm25 was done: reused, not run again
+  assert results["bm25"]["reports"]["test"]["recall@1"] == 1.0
