@@ -119,7 +119,7 @@ def _deb(package: str, out: pathlib.Path) -> None:
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory):
   out = tmp_path_factory.mktemp("debs")
-  for package in ("dict-foldoc", "dict-gcide"):
+  for package in ("dict-foldoc", "dict-gcide", "sqlite3-doc", "python3.11-doc"):
     _deb(package, out)
   return out
 
@@ -168,3 +168,25 @@ def test_tfds_linking_config_reads_the_benchmark_alone(debs, tmp_path):
     assert record["context_right"] == " ".join(right)
     assert (record["label_title"], record["label_text"]) == (gold.title, gold.text)
     assert record["world"] == "dict-foldoc"
+
+
+def test_splits_are_world_disjoint(debs, tmp_path):
+  out = tmp_path / "worlds"
+  assert worlds_cli.main([f"--out={out}", f"--packages={debs}",
+                          "--worlds=dict-foldoc,sqlite3-doc,python3.11-doc"]) == 0
+  dataset = zeshel.ZeshelDataset(out)
+  world_of = {e.document_id: w for w in dataset.worlds() for e in dataset.iter_entities(w)}
+  expected = {"train": {"dict-foldoc"}, "val": {"sqlite3-doc"}, "test": {"python3.11-doc"}}
+  test_texts = {e.text for e in dataset.iter_entities("python3.11-doc")}
+  for split, worlds in expected.items():
+    mentions = list(dataset.iter_mentions(split))
+    assert mentions and {m.corpus for m in mentions} == worlds
+    # Context and gold both lie in the mention's own world: nothing of a test world is read
+    # by a train or val mention, and no train/val document repeats a test text.
+    assert {world_of[m.context_document_id] for m in mentions} == worlds
+    assert {world_of[m.label_document_id] for m in mentions} == worlds
+    if split != "test":
+      assert not any(dataset.document(m.context_document_id).text in test_texts
+                     for m in mentions)
+  summary = json.loads((out / "benchmark.json").read_text())
+  assert [summary["worlds"][w]["split"] for w in summary["worlds"]] == ["train", "val", "test"]
