@@ -208,13 +208,13 @@ def _run_logged(argv: list[str], log_path: str) -> str:
   return result.stdout
 
 
-def _untrained(job: Job, workdir: str, data_dir: str) -> dict[str, Any]:
-  """The encoder before training: a workdir holding only the config, evaluated as one."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def write_config(job: Job, workdir: str, data_dir: str):
+  """The job's config (file, variant, overrides) as a workdir's config.json, as train writes
+  it; returns the config."""
+  import importlib  # pylint: disable=g-import-not-at-top
   from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
   file, _, variant = job.config.partition(":")
-  config = config_flags.load_config_file(str(CONFIG_DIR / file) + (f":{variant}" if variant
-                                                                   else ""))
+  config = importlib.import_module(f"configs.{file.removesuffix('.py')}").get_config(variant)
   config.data.dir = data_dir
   for key, value in job.overrides.items():
     node = config
@@ -223,6 +223,12 @@ def _untrained(job: Job, workdir: str, data_dir: str) -> dict[str, Any]:
       node = node[parent]
     node[leaf] = value
   loop.save_config(config, workdir)
+  return config
+
+
+def _untrained(job: Job, workdir: str, data_dir: str) -> dict[str, Any]:
+  """The encoder before training: a workdir holding only the config, evaluated as one."""
+  config = write_config(job, workdir, data_dir)
   reports = {}
   for split in config.evals.splits:
     out = _run_logged([sys.executable, "-m", "zel_jax.evaluate", f"--workdir={workdir}",
