@@ -49,7 +49,8 @@ def get_config(arg=None):
   config.loss = "in_batch"
   config.hard_negatives = ml_collections.ConfigDict()
   config.hard_negatives.num = 10
-  config.hard_negatives.candidates = ""  # A candidates file from zel_jax.evaluate; empty:
+  config.hard_negatives.candidates = ""  # A candidates file from zel_jax.evaluate (or the
+                                         # workdir that wrote it, its train split's); empty:
                                          # mined with the current model every epoch.
   config.hard_negatives.top = 64         # Negatives come from the top-N of each mention.
 

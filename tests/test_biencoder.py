@@ -243,3 +243,17 @@ def test_gradient_accumulation(tiny, tmp_path):
   config = tiny_world.tiny_config(data, model_dir, num_train_steps=4, grad_accum_steps=2)
   result = trainer.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(result["loss"]) and result["grad_norm"] > 0
+
+
+def test_hard_negatives_from_the_workdir_that_wrote_the_candidates(tiny, tmp_path):
+  # `hard_negatives.candidates` names a retriever's workdir (its train split's file) or a file.
+  data, model_dir = tiny
+  path = tmp_path / "retriever" / "candidates" / "train.jsonl"
+  path.parent.mkdir(parents=True)
+  tiny_world.write_candidates(data, str(path), "train", k=6)
+  config = tiny_world.tiny_config(data, model_dir, num_train_steps=2, loss="hard_negatives")
+  config.hard_negatives.num = 3
+  config.hard_negatives.top = 6
+  config.hard_negatives.candidates = str(tmp_path / "retriever")
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert np.isfinite(result["loss"])

@@ -15,6 +15,12 @@ def test_plan_chains_every_row_through_the_jobs_it_reads():
   assert {"bm25", "untrained", "blink.s0", "blink.s1", "hard.s0", "cross.s0", "distill.s0",
           "gold_only.s0", "typing.s0", "etzel.s0", "mvd_r.s0", "mvd_t.s0", "mvd.s0"} <= set(jobs)
   assert jobs["hard.s0"].overrides["init_from"] == zeroshot.Ref("blink.s0")
+  # BLINK's hard negatives are its own top candidates, the file the cross-encoder reads.
+  assert jobs["hard.s0"].overrides["hard_negatives.candidates"] == zeroshot.Ref("blink.s0")
+  assert jobs["blink.s0.train_candidates"].workdir_of == "blink.s0"
+  assert jobs["mvd.s0"].overrides["mvd.candidates"] == zeroshot.Ref("mvd_r.s0")
+  dynamic = {j.name: j for j in zeroshot.plan(zeroshot.Budget(mvd_dynamic_negatives=1), [0])}
+  assert "mvd.candidates" not in dynamic["mvd.s0"].overrides
   assert jobs["distill.s1"].overrides["distill.teacher"] == zeroshot.Ref("cross.s1")
   assert jobs["gold_only.s0"].overrides["distill.weight"] == 0.0
   assert jobs["mvd_t.s0"].overrides["init_from"] == zeroshot.Ref("cross.s0")
@@ -62,7 +68,7 @@ def test_command_is_what_a_user_types():
   assert "--config.typing.wordnet=" in typing  # WordNet is not a benchmark source
   evaluate = zeroshot.command(by_name["blink.s0.train_candidates"], "", workdirs, "d")
   assert evaluate[1:] == ["-m", "zel_jax.evaluate", "--workdir=/runs/blink.s0",
-                          "--split=train", "--top_k=8"]
+                          "--split=train", "--top_k=32"]
 
 
 def _recall_report(r1, r64, worlds, categories=zeshel.CATEGORIES):

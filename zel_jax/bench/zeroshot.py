@@ -40,12 +40,14 @@ class Budget:
   length: int = 32             # Mention and entity tokens of every model.
   learning_rate: float = 5e-5
   hard_steps: int = 300        # Hard-negative fine-tuning after BLINK, steps of `batch`.
+  hard_top: int = 32           # Retrieved per training mention (hard negatives, MVD's pool).
   cross_steps: int = 600       # Cross-encoder: steps of 4 mentions x `candidates`.
   candidates: int = 8          # Candidates the cross-encoder and distillation read.
   distill_steps: int = 300     # Distilled and gold-only students after BLINK, steps of 8.
   typing_steps: int = 300      # ETZEL's typing stage.
   mvd_teacher_steps: int = 200  # MVD's multi-view teacher (from the cross-encoder), 4 mentions.
   mvd_joint_steps: int = 200   # MVD's joint stage after its warm-up retriever, 4 mentions.
+  mvd_dynamic_negatives: int = 0  # 1: re-mine over every view of the train worlds (TPUs).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +84,15 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
     blink, cross, mvd_r, typing = f"blink.s{s}", f"cross.s{s}", f"mvd_r.s{s}", f"typing.s{s}"
     jobs += [
         Job(blink, "train", "blink_biencoder.py:runlocal", {**bi, "seed": s}),
+        # BLINK's own hard negatives: its trained bi-encoder's top candidates of every
+        # training mention, written once; the cross-encoder reads the same file.
+        Job(f"{blink}.train_candidates", "evaluate", args={"split": "train",
+                                                           "top_k": b.hard_top},
+            workdir_of=blink),
         Job(f"hard.s{s}", "train", "blink_biencoder.py:runlocal",
             {**bi, "seed": s, "loss": "hard_negatives", "init_from": Ref(blink),
+             "hard_negatives.candidates": Ref(blink), "hard_negatives.top": b.hard_top,
              "num_train_steps": b.hard_steps}),
-        Job(f"{blink}.train_candidates", "evaluate", args={"split": "train",
-                                                           "top_k": b.candidates},
-            workdir_of=blink),
         Job(cross, "train", "blink_crossencoder.py:runlocal",
             {**common, "seed": s, "data.candidates": Ref(blink),
              "data.num_candidates": b.candidates, "num_train_steps": b.cross_steps,
@@ -101,31 +106,38 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
              "init_from": Ref(blink), "data.num_candidates": b.candidates,
              "num_train_steps": b.distill_steps, "distill.weight": 0.0}),
         # Type descriptions from the labels' own words: WordNet (dict-wn) is not one of the
-        # benchmark's sources.
+        # benchmark's sources. Types are extracted for the train worlds (all stage two reads)
+        # from each entity's first `length` tokens, what the retriever reads of it.
         Job(typing, "train", "etzel_typing.py:runlocal",
             {"seed": s, "typing.wordnet": "", "typing.mention_length": b.length,
-             "data.window_words": 128,
-             "num_train_steps": b.typing_steps, "evals.splits": (),
-             "typing.types_dir": Ref(), "typing.extract_splits": ("train",)}),
+             "data.window_words": 128, "num_train_steps": b.typing_steps,
+             "evals.splits": (), "typing.types_dir": Ref(), "typing.extract_splits": ("train",),
+             "typing.extract_length": b.length, "typing.extract_chunks": 1}),
         Job(f"etzel.s{s}", "train", "etzel_multitask.py:runlocal",
             {**bi, "seed": s, "typing.types_dir": Ref(typing)}),
-        # The warm-up retriever's global-view candidates are the teacher's training lists.
+        # The warm-up retriever's global-view top candidates of every training mention: the
+        # teacher's training lists, and (below) the joint stage's negatives.
         Job(mvd_r, "train", "mvd.py:runlocal,stage=retriever",
             {**bi, "seed": s, "evals.splits": ("train",), "evals.views": "global",
-             "evals.top_k": b.candidates * 4}),
+             "evals.top_k": b.hard_top}),
         Job(f"mvd_t.s{s}", "train", "mvd.py:runlocal,stage=teacher",
             {"data.mention_length": b.length, "data.window_words": 128, "seed": s,
-             "mvd.candidates": Ref(mvd_r),
-             "init_from": Ref(cross), "mvd.num_candidates": b.candidates,
-             "num_train_steps": b.mvd_teacher_steps, "evals.splits": ()}),
+             "mvd.candidates": Ref(mvd_r), "init_from": Ref(cross),
+             "mvd.num_candidates": b.candidates, "num_train_steps": b.mvd_teacher_steps,
+             "evals.splits": ()}),
         Job(f"mvd.s{s}", "train", "mvd.py:runlocal,stage=joint",
             {"data.mention_length": b.length, "data.window_words": 128, "seed": s,
-             "mvd.retriever": Ref(mvd_r),
-             "mvd.teacher": Ref(f"mvd_t.s{s}"), "mvd.num_candidates": b.candidates,
-             # Negatives re-mined once per epoch, as MVD does (runlocal's every 50 steps
-             # would re-encode the 8 train worlds' views several times).
-             "mvd.refresh_every": 0,
-             "num_train_steps": b.mvd_joint_steps, "evals.splits": ("val", "test")}),
+             "mvd.retriever": Ref(mvd_r), "mvd.teacher": Ref(f"mvd_t.s{s}"),
+             "mvd.num_candidates": b.candidates, "num_train_steps": b.mvd_joint_steps,
+             "evals.splits": ("val", "test"),
+             # The joint stage runs less than an epoch, so MVD's per-epoch re-mining would
+             # draw once, from this same warm-up retriever: with `mvd_dynamic_negatives`
+             # off, that draw is the retriever's candidates file (global views, top
+             # `hard_top`) instead of a pass over every view of the 8 train worlds (about
+             # 800k rows, an hour on 2 CPU cores).
+             **({"mvd.refresh_every": 0} if b.mvd_dynamic_negatives else
+                {"mvd.no_dynamic_negatives": True, "mvd.candidates": Ref(mvd_r),
+                 "mvd.top_n": b.hard_top})}),
     ]
   return jobs
 

@@ -19,9 +19,9 @@ RETRIEVAL_ROWS = (
     ("BM25", "bm25", "BM25 over title + text, the mention as query"),
     ("untrained MiniLM", "untrained", "all-MiniLM-L6-v2 before training, mean pooled"),
     ("BLINK bi-encoder", "blink", "in-batch negatives, one world per batch"),
-    ("+ mined hard negatives", "hard", "BLINK, then hard negatives mined by itself"),
+    ("+ hard negatives", "hard", "BLINK, then its own top candidates as hard negatives"),
     ("ETZEL multi-task", "etzel", "bi-encoder + ultra-fine typing heads, typing stage first"),
-    ("MVD", "mvd", "joint distillation, dynamic negatives; global + local views stored"),
+    ("MVD", "mvd", "joint distillation from a multi-view teacher; global + local views"),
     ("distilled bi-encoder", "distill", "BLINK student, cross-encoder teacher (KL + gold)"),
     ("gold-only control", "gold_only", "the same student and candidates, gold loss alone"),
 )
@@ -264,7 +264,11 @@ def write(docs_dir: str, summary: dict[str, Any], results: dict[str, Any], budge
             f"{budget.candidates}; ETZEL typing stage {budget.typing_steps} steps, then the "
             f"bi-encoder budget; MVD: warm-up at the bi-encoder budget, teacher "
             f"{budget.mvd_teacher_steps} steps from the cross-encoder, joint "
-            f"{budget.mvd_joint_steps} steps. Seeds: {', '.join(map(str, seeds))}. Total wall "
+            f"{budget.mvd_joint_steps} steps of 4 mentions, negatives "
+            + ("re-mined over every view" if budget.mvd_dynamic_negatives else
+               f"drawn from the warm-up retriever's top {budget.hard_top} (less than one "
+               "epoch: MVD's per-epoch re-mining would draw once, from that retriever)")
+            + f". Seeds: {', '.join(map(str, seeds))}. Total wall "
             f"time of all jobs: {hours:.1f} h.", ""]
   lines += results_tables(results, test_worlds)
   lines += ["## The papers' orderings on the test worlds", ""] + orderings(results) + [""]

@@ -239,7 +239,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   mined = hard and not config.hard_negatives.candidates
   state = {"negatives": None, "epoch": -1}
   if hard and not mined:
-    state["negatives"] = negatives_from_file(config.hard_negatives.candidates, data,
+    state["negatives"] = negatives_from_file(candidates_lib.path_of(
+        config.hard_negatives.candidates, config.data.train_split), data,
                                              int(config.hard_negatives.num),
                                              int(config.hard_negatives.top))
 
