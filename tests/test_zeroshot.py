@@ -103,6 +103,7 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
                                 "python -m zel_jax.bench zeroshot", worlds)
   text = open(paths["benchmark.md"]).read()
   assert "| BLINK bi-encoder | 41.00 (40.00 / 42.00) |" in text
+  assert "Every test world has 10 mentions, so micro recall equals macro." in text
   assert "| python3.11-doc | test | 100 | 30 / 50 | 12.5 | 25.0% |" in text
   assert "| rust-doc | test |" in text and "20.00 / 60.00 | 10.00 / 50.00 |" in text
   assert "MVD > BLINK, R@1: **holds** (mvd 46.00 vs blink 41.00)" in text

@@ -107,7 +107,13 @@ def _seconds(results: dict[str, Any], prefix: str) -> float:
 
 def results_tables(results: dict[str, Any], test_worlds: list[str]) -> list[str]:
   lines = ["### Retrieval, test worlds (recall %, macro over worlds = ZESHEL's headline)", "",
-           "Mean over seeds, each seed in parentheses.", ""]
+           "Mean over seeds, each seed in parentheses."]
+  sizes = {_get(r["reports"].get("test", {}), "per_world", w, "mentions")
+           for r in results.values() for w in test_worlds} - {None}
+  if len(sizes) == 1:
+    lines[-1] += (f" Every test world has {sizes.pop():,} mentions, so micro recall equals "
+                  "macro.")
+  lines.append("")
   header = ["row", *(f"macro R@{k}" for k in KS), *(f"micro R@{k}" for k in KS), "seeds"]
   rows = []
   for label, prefix, _ in RETRIEVAL_ROWS:
