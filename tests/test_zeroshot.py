@@ -137,6 +137,10 @@ def test_finished_jobs_are_reused_and_failures_name_the_log(tmp_path, monkeypatc
   results = zeroshot.run_all(jobs[:1], str(data), str(tmp_path / "runs"), log=lambda _: None)
   assert calls == ["bm25", "broken"]  # bm25 was done: reused, not run again
   assert results["bm25"]["reports"]["test"]["recall@1"] == 1.0
+  # Nothing asked for (the report-only mode): every finished job's results, nothing run.
+  assert set(zeroshot.run_all(jobs, str(data), str(tmp_path / "runs"), only=set(),
+                              log=lambda _: None)) == {"bm25"}
+  assert calls == ["bm25", "broken"]
 
 
 def test_untrained_row_is_the_mean_pooled_encoder_config(tmp_path):

@@ -217,6 +217,8 @@ _ZS_SEEDS = flags.DEFINE_list("zeroshot_seeds", ["0", "1"], "zeroshot: seeds of 
 _ZS_ONLY = flags.DEFINE_list("zeroshot_only", [], "zeroshot: run only these jobs (and reuse "
                              "finished ones); default every job. Names: bm25, untrained, "
                              "blink.s0, hard.s0, cross.s0, ... (see zeroshot.plan).")
+_ZS_REPORT_ONLY = flags.DEFINE_bool("zeroshot_report_only", False, "zeroshot: run nothing; "
+                                    "rewrite the report from the finished jobs.")
 _ZS_BUDGET = flags.DEFINE_string("zeroshot_budget", "", "zeroshot: overrides of the training "
                                  "budget, e.g. steps=2000,length=128 (zeroshot.Budget).")
 
@@ -241,8 +243,9 @@ def run_zeroshot() -> dict[str, Any]:
   with open(summary_path) as f:
     summary = json.load(f)
   jobs = zeroshot.plan(budget, seeds)
-  only = set(_ZS_ONLY.value) or None
-  command = "python -m zel_jax.bench zeroshot " + " ".join(sys.argv[2:])
+  only = set() if _ZS_REPORT_ONLY.value else (set(_ZS_ONLY.value) or None)
+  command = "python -m zel_jax.bench zeroshot " + " ".join(
+      a for a in sys.argv[2:] if not a.startswith("--zeroshot_report_only"))
 
   def report(results):
     return zeroshot_report.write(_ZS_DOCS.value, summary, results, budget, seeds, command,

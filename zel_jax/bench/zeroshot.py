@@ -283,17 +283,21 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     own = job.workdir_of and workdirs[job.workdir_of]
     workdirs[job.name] = os.path.abspath(own or os.path.join(
         runs_dir, f"{job.name}-{keys[job.name]}"))
+
+  def done_path(job: Job) -> str:
+    return os.path.join(workdirs[job.name], DONE if not job.workdir_of else
+                        f"bench_done.{job.name}.json")
+
+  # Every finished job's results, asked for or not: the report shows all that is measured.
   results: dict[str, dict[str, Any]] = {}
-  todo = [j for j in jobs if only is None or j.name in only]
+  for job in jobs:
+    if os.path.exists(done_path(job)):
+      with open(done_path(job)) as f:
+        results[job.name] = json.load(f)
+  todo = [j for j in jobs if (only is None or j.name in only) and j.name not in results]
   spent: list[float] = []
   for i, job in enumerate(todo, start=1):
     workdir = workdirs[job.name]
-    done_path = os.path.join(workdir, DONE if not job.workdir_of else
-                             f"bench_done.{job.name}.json")
-    if os.path.exists(done_path):
-      with open(done_path) as f:
-        results[job.name] = json.load(f)
-      continue
     remaining = len(todo) - i + 1
     eta = f", ETA {sum(spent) / len(spent) * remaining / 60:.0f} min" if spent else ""
     log(f"[{i}/{len(todo)}] {job.name} in {workdir}{eta}")
@@ -305,10 +309,10 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     results[job.name] = {"workdir": workdir, "seconds": seconds, "reports": reports,
                          "command": " ".join(command(job, workdir, workdirs, data_dir))
                          if job.kind in ("train", "evaluate") else job.kind}
-    temporary = done_path + ".tmp"
+    temporary = done_path(job) + ".tmp"
     with open(temporary, "w") as f:
       json.dump(results[job.name], f, indent=1)
-    os.replace(temporary, done_path)
+    os.replace(temporary, done_path(job))
     log(f"[{i}/{len(todo)}] {job.name} done in {seconds / 60:.1f} min")
     if on_result is not None:
       on_result(results)
