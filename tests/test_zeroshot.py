@@ -100,8 +100,10 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
                                                "candidate_recall": 90.0,
                                                "retriever_accuracy": 41.0}}}}
   paths = zeroshot_report.write(str(tmp_path), summary, results, zeroshot.Budget(), [0, 1],
-                                "python -m zel_jax.bench zeroshot", worlds)
+                                "python -m zel_jax.bench zeroshot", worlds,
+                                planned=[*results, "etzel.s0"])
   text = open(paths["benchmark.md"]).read()
+  assert "**Partial**: 7 of 8 jobs have finished; rows and seeds still to come: etzel.s0." in text
   assert "| BLINK bi-encoder | 41.00 (40.00 / 42.00) |" in text
   assert "Every test world has 10 mentions, so micro recall equals macro." in text
   assert "| python3.11-doc | test | 100 | 30 / 50 | 12.5 | 25.0% |" in text

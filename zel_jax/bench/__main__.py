@@ -249,7 +249,7 @@ def run_zeroshot() -> dict[str, Any]:
 
   def report(results):
     return zeroshot_report.write(_ZS_DOCS.value, summary, results, budget, seeds, command,
-                                 worlds.worlds_of("test"))
+                                 worlds.worlds_of("test"), planned=[j.name for j in jobs])
 
   results = zeroshot.run_all(jobs, _WORLDS.value, _ZS_RUNS.value, only=only,
                              log=lambda text: logging.info("%s", text), on_result=report)

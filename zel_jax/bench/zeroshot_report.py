@@ -238,7 +238,8 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 
 def write(docs_dir: str, summary: dict[str, Any], results: dict[str, Any], budget,
-          seeds: list[int], command: str, test_worlds: list[str]) -> dict[str, str]:
+          seeds: list[int], command: str, test_worlds: list[str],
+          planned: list[str] | None = None) -> dict[str, str]:
   """docs/benchmark.md, docs/benchmark.json and docs/benchmark_recall.png."""
   os.makedirs(docs_dir, exist_ok=True)
   paths = {name: os.path.join(docs_dir, name) for name in
@@ -259,6 +260,11 @@ def write(docs_dir: str, summary: dict[str, Any], results: dict[str, Any], budge
            "by `python -m zel_jax.data.worlds --out=data/worlds` (see docs/worlds.md).", "",
            "## Data card", ""]
   lines += data_card(summary, results)
+  missing = [name for name in planned or [] if name not in results]
+  if missing:
+    lines[2:2] = [f"**Partial**: {len(results)} of {len(planned)} jobs have finished; rows and "
+                  f"seeds still to come: {', '.join(missing)}. Rerunning the command resumes "
+                  "them.", ""]
   lines += ["", "Category shares are of the kept mentions; BM25 and untrained recall are on "
             "each world's own split. Links dropped: to nothing in the world, to the page "
             "itself, or with an empty or overlapping anchor.", "", "## Results", "",
