@@ -309,10 +309,7 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     results[job.name] = {"workdir": workdir, "seconds": seconds, "reports": reports,
                          "command": " ".join(command(job, workdir, workdirs, data_dir))
                          if job.kind in ("train", "evaluate") else job.kind}
-    temporary = done_path(job) + ".tmp"
-    with open(temporary, "w") as f:
-      json.dump(results[job.name], f, indent=1)
-    os.replace(temporary, done_path(job))
+    zeshel.write_json(done_path(job), results[job.name])
     log(f"[{i}/{len(todo)}] {job.name} done in {seconds / 60:.1f} min")
     if on_result is not None:
       on_result(results)

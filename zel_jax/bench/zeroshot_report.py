@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import statistics
 from typing import Any
@@ -247,9 +246,7 @@ def write(docs_dir: str, summary: dict[str, Any], results: dict[str, Any], budge
   record = {"command": command, "date": datetime.date.today().isoformat(),
             "budget": dataclasses.asdict(budget), "seeds": seeds, "data": summary,
             "results": results}
-  with open(paths["benchmark.json"] + ".tmp", "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(paths["benchmark.json"] + ".tmp", paths["benchmark.json"])
+  zeshel.write_json(paths["benchmark.json"], record)
   plot(results, paths["benchmark_recall.png"])
 
   hours = sum(r.get("seconds", 0.0) for r in results.values()) / 3600

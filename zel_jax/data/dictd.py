@@ -412,6 +412,25 @@ class NameResolver:
     return None
 
 
+def references(body: str, is_name: Callable[[str], bool]
+               ) -> Iterator[tuple[re.Match, str, str, bool]]:
+  """(match, shown text, target, is external) of each `{reference}` in a definition body.
+
+  A content that is itself an entry name ("{/dev/null}", "{(c)}") is taken literally;
+  otherwise "{shown (target)}" shows its text and links to its target, which may be a URL.
+  """
+  for match in REFERENCE.finditer(body):
+    content = " ".join(match.group(1).split())
+    shown = target = content
+    external = False
+    if not is_name(content):
+      retargeted = RETARGETED.fullmatch(content)
+      if retargeted:
+        shown, target = retargeted.group(1) or retargeted.group(2), retargeted.group(2)
+      external = bool(URL.fullmatch(target))
+    yield match, shown, target, external
+
+
 def _render(header: Sequence[str], body: str, is_name: Callable[[str], bool]
             ) -> tuple[list[str], list[tuple[int, int, str]], collections.Counter]:
   """Tokens of an entry (headword lines, then body without reference braces) and its refs.
@@ -421,30 +440,20 @@ def _render(header: Sequence[str], body: str, is_name: Callable[[str], bool]
   """
   counts: collections.Counter = collections.Counter()
   tokens = zeshel.tokenize(" ".join(header))
-  references = []
+  found = []
   position = 0
-  for match in REFERENCE.finditer(body):
+  for match, shown, target, external in references(body, is_name):
     tokens += zeshel.tokenize(body[position:match.start()])
     position = match.end()
-    content = " ".join(match.group(1).split())
-    shown = target = content
-    # A content that is itself an entry name ("{/dev/null}", "{(c)}") is taken literally;
-    # otherwise "{shown (target)}" shows its text and links to its target.
-    external = False
-    if not is_name(content):
-      retargeted = RETARGETED.fullmatch(content)
-      if retargeted:
-        shown, target = retargeted.group(1) or retargeted.group(2), retargeted.group(2)
-      external = bool(URL.fullmatch(target))
     words = zeshel.tokenize(shown)
     counts["references"] += 1
     if external:
       counts["external_references"] += 1
     elif words:
-      references.append((len(tokens), len(tokens) + len(words) - 1, target))
+      found.append((len(tokens), len(tokens) + len(words) - 1, target))
     tokens += words
   tokens += zeshel.tokenize(body[position:])
-  return tokens, references, counts
+  return tokens, found, counts
 
 
 def convert(database: DictdDatabase, world: str) -> tuple[list[zeshel.Entity],

@@ -171,6 +171,15 @@ def write_json_lines(path: os.PathLike | str, records: Iterable[dict[str, Any]])
     temporary.unlink(missing_ok=True)
 
 
+def write_json(path: os.PathLike | str, value: Any) -> None:
+  """One indented JSON document, written to a temporary name and renamed into place."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  temporary.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n")
+  os.replace(temporary, path)
+
+
 def _field(record: dict[str, Any], name: str, kind: type, path: pathlib.Path, number: int,
            optional: bool = False) -> Any:
   if name not in record or (optional and record[name] is None):

@@ -57,10 +57,6 @@ def _fetch(package: str, debs_dir: pathlib.Path, packages_dir: str | None) -> st
   return debian.download_deb(package, str(debs_dir))
 
 
-def _mention_record(m: zeshel.Mention) -> dict[str, Any]:
-  return dataclasses.asdict(m)
-
-
 def _entity_record(e: zeshel.Entity) -> dict[str, Any]:
   return {"document_id": e.document_id, "title": e.title, "text": e.text}
 
@@ -82,20 +78,12 @@ def build_one(world: str, cache: pathlib.Path, packages_dir: str | None = None) 
       debian.extract_deb(deb, tmp)
     result: pages.World = builder.build(pathlib.Path(tmp), world)
   zeshel.write_json_lines(built / "documents.json", map(_entity_record, result.entities))
-  zeshel.write_json_lines(built / "mentions.json", map(_mention_record, result.mentions))
+  zeshel.write_json_lines(built / "mentions.json", map(dataclasses.asdict, result.mentions))
   stats = dict(result.stats, fingerprint=fingerprint, packages=[os.path.basename(d) for d in debs],
                build_seconds=round(time.time() - start, 1))
   # Written last: its presence says the world's files are complete.
-  write_json(stats_path, stats)
+  zeshel.write_json(stats_path, stats)
   return built
-
-
-def write_json(path: pathlib.Path, value: Any) -> None:
-  """Indented JSON, written to a temporary name and renamed into place."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-  os.replace(temporary, path)
 
 
 def _normalized(text: str) -> str:
@@ -185,5 +173,5 @@ def build_benchmark(out: str, worlds: list[str], caps: dict[str, int] | None = N
     if path.stem not in worlds:
       path.unlink()
   summary["split_mentions"] = {s: len(r) for s, r in split_records.items()}
-  write_json(out_dir / "benchmark.json", summary)
+  zeshel.write_json(out_dir / "benchmark.json", summary)
   return summary

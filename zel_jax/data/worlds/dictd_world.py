@@ -49,17 +49,11 @@ def _text_and_links(header: list[str], body: str, is_name) -> tuple[str, list[pa
   length = sum(len(p) for p in parts)
   links: list[pages.Link] = []
   position = 0
-  for match in dictd.REFERENCE.finditer(body):
+  for match, shown, target, _ in dictd.references(body, is_name):
     before = body[position:match.start()]
     parts.append(before)
     length += len(before)
     position = match.end()
-    content = " ".join(match.group(1).split())
-    shown = target = content
-    if not is_name(content):
-      retargeted = dictd.RETARGETED.fullmatch(content)
-      if retargeted:
-        shown, target = retargeted.group(1) or retargeted.group(2), retargeted.group(2)
     parts.append(shown)
     # A URL target ("{RFC 822 (http://...)}") is a link to nothing in the world: the writer
     # counts it as unresolved.
