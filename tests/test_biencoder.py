@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 import tiny_world
-from zel_jax import evaluate, losses, metrics
+from zel_jax import losses, metric_writer, recipes
 from zel_jax.data import pipeline, zeshel
 from zel_jax.models import biencoder
-from zel_jax.trainers import biencoder as trainer
-from zel_jax.trainers import loop
+from zel_jax.recipes.blink import biencoder as trainer
+from zel_jax.training import loop
+from zel_jax.evals import linking, metrics
+from zel_jax.evals import retrieval
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_trains_on_the_mesh_and_loss_falls(tiny, tmp_path):
   data, model_dir = tiny
   config = tiny_world.tiny_config(data, model_dir, num_train_steps=30)
   result = trainer.train_and_evaluate(config, str(tmp_path))
-  logged = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  logged = metric_writer.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in logged] == list(range(2, 31, 2))
   assert {"loss", "learning_rate", "grad_norm", "examples_per_s"} <= set(logged[0])
   first = np.mean([r["loss"] for r in logged[:2]])
@@ -140,7 +142,7 @@ def test_hard_negative_training_runs(tiny, tmp_path):
 
 def test_recall_report_by_hand():
   ranks = np.array([0, 3, 100, 1, 0])
-  report = evaluate.recall_report(ranks, ["a", "a", "a", "b", "b"],
+  report = metrics.recall_report(ranks, ["a", "a", "a", "b", "b"],
                                   ["HIGH_OVERLAP", "LOW_OVERLAP", "LOW_OVERLAP", None,
                                    "HIGH_OVERLAP"], ks=(1, 2, 4, 64))
   assert report["recall@1"] == 40.0 and report["recall@2"] == 60.0
@@ -150,7 +152,7 @@ def test_recall_report_by_hand():
   assert report["per_category"]["HIGH_OVERLAP"]["recall@1"] == 100.0
   assert report["per_category"]["LOW_OVERLAP"]["recall@64"] == 50.0
   assert report["per_category"]["NONE"]["mentions"] == 1
-  np.testing.assert_array_equal(evaluate.gold_ranks(np.array([[4, 2, 9], [1, 1, 1]]),
+  np.testing.assert_array_equal(metrics.gold_ranks(np.array([[4, 2, 9], [1, 1, 1]]),
                                                     np.array([9, 5])), [2, 3])
 
 
@@ -186,7 +188,7 @@ def test_perfect_encoder_scores_exactly_100(tiny):
   model, featurizer = trainer.build_model(config, mesh)
   perfect = _PerfectEncoder(model, featurizer.mention_start_id)
   for store in ("exact", "device"):
-    report = evaluate.evaluate_biencoder(perfect, {}, featurizer, zeshel.ZeshelDataset(data),
+    report = retrieval.evaluate_biencoder(perfect, {}, featurizer, zeshel.ZeshelDataset(data),
                                          "test", config, mesh, store=store, top_k=4)
     assert report["recall@1"] == 100.0 and report["macro"]["recall@1"] == 100.0, store
     assert report["mentions"] == 16
@@ -194,7 +196,7 @@ def test_perfect_encoder_scores_exactly_100(tiny):
 
 def test_bm25_baseline_on_tiny_world(tiny, tmp_path):
   data, _ = tiny
-  report = evaluate.evaluate_bm25(zeshel.ZeshelDataset(data), "test", top_k=8,
+  report = retrieval.evaluate_bm25(zeshel.ZeshelDataset(data), "test", top_k=8,
                                   candidates_path=str(tmp_path / "c.jsonl"))
   assert report["mentions"] == 16 and report["recall@8"] > 0
   lines = [json.loads(l) for l in open(tmp_path / "c.jsonl")]
@@ -214,7 +216,7 @@ def test_link_on_the_real_excerpt(tiny, tmp_path, shared_data):
   excerpt = shared_data / "zeshel_excerpt"
   records = [json.loads(l) for l in open(excerpt / "mentions" / "sample.json")]
   records = [r for r in records if r["corpus"] == "starwars"]
-  linker = link.Linker(str(workdir), str(excerpt), "starwars")
+  linker = recipes.open_linker(str(workdir), str(excerpt), "starwars")
   linked = linker.link(records + [{"text": "Luke flew an X-wing", "start": 13, "end": 19}],
                        top_k=3)
   titles = {e.title for e in zeshel.ZeshelDataset(excerpt).iter_entities("starwars")}
@@ -227,7 +229,7 @@ def test_link_on_the_real_excerpt(tiny, tmp_path, shared_data):
     assert scores == sorted(scores, reverse=True)
   stores = list((workdir / "stores").iterdir())
   assert len(stores) == 1  # Built once, cached for the next linker.
-  again = link.Linker(str(workdir), str(excerpt), "starwars").link(records, top_k=3)
+  again = recipes.open_linker(str(workdir), str(excerpt), "starwars").link(records, top_k=3)
   assert ([e["document_id"] for e in again[0]["entities"]] ==
           [e["document_id"] for e in linked[0]["entities"]])
   np.testing.assert_allclose([e["score"] for e in again[0]["entities"]],

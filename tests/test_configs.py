@@ -9,7 +9,8 @@ from absl import flags
 import pytest
 from ml_collections import config_flags
 
-from configs import common
+from zel_jax import configs, recipes
+from zel_jax.configs import common
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.py") if p.stem not in ("common", "__init__"))
@@ -36,13 +37,29 @@ def test_every_experiment_has_runlocal(path):
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-def test_every_experiment_names_a_trainer_module(path):
-  from zel_jax import train  # pylint: disable=g-import-not-at-top
+def test_every_experiment_names_a_recipe_and_one_of_its_stages(path):
   config = _parse(f"--config={path}:runlocal")
   if "trainer" not in config:  # Not a training config: its docstring runs another command.
     assert "python -m zel_jax.encode" in path.read_text(), path.name
     return
-  assert callable(train.trainer_module(config.trainer).train_and_evaluate)
+  recipe = recipes.for_config(config)
+  assert recipe.name == config.recipe
+  assert callable(recipe.trainers[recipe.stage(config)])
+
+
+def test_packaged_config_names_resolve_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  packaged = str(CONFIGS.resolve() / "blink_biencoder.py")
+  for given in ("blink_biencoder:runlocal", "blink_biencoder.py:runlocal",
+                "configs/blink_biencoder.py:runlocal"):
+    assert configs.resolve(given) == packaged + ":runlocal"
+  assert configs.resolve("blink_biencoder") == packaged
+  (tmp_path / "mine.py").write_text("")  # A file that exists is taken as given.
+  assert configs.resolve("mine.py:x") == "mine.py:x"
+  assert configs.resolve("no_such_config:runlocal") == "no_such_config:runlocal"
+  assert configs.resolve_argv(["prog", "--config", "mvd:stage=joint", "--x=1"]) == [
+      "prog", "--config", str(CONFIGS.resolve() / "mvd.py") + ":stage=joint", "--x=1"]
+  assert _parse(f"--config={configs.resolve('blink_biencoder:runlocal')}").batch_size == 32
 
 
 # The command lines' own flag handling (absl app + locked config file flag), minus JAX.

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import tiny_world
-from zel_jax import evaluate, losses, metrics
+from zel_jax import evaluate, losses, metric_writer, recipes
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import features
-from zel_jax.trainers import crossencoder as trainer
+from zel_jax.recipes.blink import crossencoder as trainer
+from zel_jax.evals import metrics
 
 
 def _log_softmax(x):
@@ -125,7 +126,7 @@ def test_rerank_report_by_hand():
   gold = np.array([2, 4, 0, 10])
   scores = np.array([[0.0, 5.0, 1.0], [0.0, 1.0, -np.inf], [1.0, 2.0, 3.0],
                      [0.0, 4.0, 1.0]])
-  report = evaluate.rerank_report(scores, rows, gold, ["A", "A", "A", "B"],
+  report = metrics.rerank_report(scores, rows, gold, ["A", "A", "A", "B"],
                                   ["LOW_OVERLAP", "HIGH_OVERLAP", "LOW_OVERLAP", None])
   assert report["mentions"] == 4
   assert report["normalized_accuracy"] == pytest.approx(100 * 2 / 3, abs=1e-3)
@@ -166,7 +167,7 @@ def cross(tiny, tmp_path_factory):
 
 def test_tiny_cross_encoder_trains_on_the_mesh_and_evaluates(cross):
   tmp_path, _, result = cross
-  logged = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  logged = metric_writer.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in logged] == list(range(4, 61, 4))
   first = np.mean([r["loss"] for r in logged[:2]])
   last = np.mean([r["loss"] for r in logged[-3:]])
@@ -195,10 +196,10 @@ def test_tiny_cross_encoder_trains_on_the_mesh_and_evaluates(cross):
 
 
 def test_distillation_scores_once_and_trains(tiny, cross, tmp_path):
-  from zel_jax.trainers import distill  # pylint: disable=g-import-not-at-top
+  from zel_jax.recipes.blink import distill  # pylint: disable=g-import-not-at-top
   data, model_dir, bi = tiny
   config = tiny_world.tiny_config(data, model_dir, num_train_steps=6)
-  import configs.blink_distill as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import blink_distill as recipe  # pylint: disable=g-import-not-at-top
   distill_config = recipe.get_config("runlocal")
   for section in ("data", "model", "optimizer"):
     distill_config[section].update({k: v for k, v in config[section].items()
@@ -222,18 +223,18 @@ def test_distillation_scores_once_and_trains(tiny, cross, tmp_path):
   distill_config.num_train_steps = 8
   distill.train_and_evaluate(distill_config, str(tmp_path))
   assert cache.stat().st_mtime_ns == stamp
-  steps = [r["step"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))]
+  steps = [r["step"] for r in metric_writer.read_jsonl(str(tmp_path / "metrics.jsonl"))]
   assert steps == [2, 3, 4, 6, 8]  # Step 3 is logged with its checkpoint.
 
 
 def test_link_reranks_with_the_cross_encoder(tiny, cross, tmp_path):
   from zel_jax import link  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import biencoder  # pylint: disable=g-import-not-at-top
+  from zel_jax.recipes.blink import biencoder  # pylint: disable=g-import-not-at-top
   data, model_dir, _ = tiny
   biencoder.train_and_evaluate(tiny_world.tiny_config(data, model_dir, num_train_steps=4),
                                str(tmp_path))
-  linker = link.Linker(str(tmp_path), None, "computing")
-  reranker = link.Reranker(str(cross[0]))
+  linker = recipes.open_linker(str(tmp_path), None, "computing")
+  reranker = recipes.open_reranker(str(cross[0]))
   records = [{"text": "the router sends packets to the socket", "start": 4, "end": 10},
              {"text": "a compiler reads the parser output", "start": 2, "end": 10}]
   plain = linker.link(records, top_k=5)

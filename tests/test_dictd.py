@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from zel_jax.data import dictd
+from zel_jax.data import dictd, foldoc
 from zel_jax.data import zeshel
 
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -189,7 +189,7 @@ def test_bad_index_line_names_file_and_line(tmp_path):
 def world(tmp_path):
   directory = write_database(tmp_path / "db", "dictzip")
   out = tmp_path / "out"
-  stats = dictd.build_world(directory, "test", out, world="lisp_world")
+  stats = foldoc.build_world(directory, "test", out, world="lisp_world")
   return out, stats
 
 
@@ -232,11 +232,11 @@ def test_split_is_by_context_document(world):
   for split in ("train", "val", "test"):
     for m in read_jsonl(out / "mentions" / f"{split}.json"):
       assert split_of_context.setdefault(m["context_document_id"], split) == split
-      assert dictd.split_of(m["context_document_id"]) == split
+      assert foldoc.split_of(m["context_document_id"]) == split
       counts[split] += 1
   assert stats["mentions"] == {s: counts[s] for s in ("train", "val", "test")}
   # The shares over many documents are 80/10/10.
-  shares = collections.Counter(dictd.split_of(f"{i:016X}") for i in range(20000))
+  shares = collections.Counter(foldoc.split_of(f"{i:016X}") for i in range(20000))
   assert abs(shares["train"] / 20000 - 0.8) < 0.02
   assert abs(shares["val"] / 20000 - 0.1) < 0.01
   assert abs(shares["test"] / 20000 - 0.1) < 0.01
@@ -274,7 +274,7 @@ def test_round_trip_through_zeshel_reader(world):
 
 def test_cli_prints_stats_last(tmp_path, capsys):
   directory = write_database(tmp_path / "db", "plain", name="foldoc")
-  assert dictd.main(["--dictd", str(directory), "--name", "foldoc",
+  assert foldoc.main(["--dictd", str(directory), "--name", "foldoc",
                      "--out", str(tmp_path / "out")]) == 0
   last = capsys.readouterr().out.strip().splitlines()[-1]
   stats = json.loads(last)
@@ -292,7 +292,7 @@ def test_bad_input_leaves_existing_output_intact(world, tmp_path):
   data[start:start + 4] = b"\xff" * 4  # a reserved deflate block type: chunk 5 is garbage
   dz.write_bytes(bytes(data))
   with pytest.raises(dictd.DictdFormatError, match="chunk"):
-    dictd.build_world(broken, "test", out, world="lisp_world")
+    foldoc.build_world(broken, "test", out, world="lisp_world")
   after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
   assert after == before
 
@@ -306,7 +306,7 @@ def test_failure_while_writing_leaves_existing_output_intact(world):
     raise OSError("disk full")
 
   with pytest.raises(OSError, match="disk full"):
-    dictd.write_world(out, "lisp_world", entities(), {"train": []}, stats)
+    foldoc.write_world(out, "lisp_world", entities(), {"train": []}, stats)
   after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
   assert after == before  # no partial file, no temporary left behind
   assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 import tiny_world
-from zel_jax import evaluate, link
+from zel_jax import evaluate
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import zeshel
-from zel_jax.trainers import entqa_reader, entqa_retriever
+from zel_jax.evals import linking
+from zel_jax.recipes.entqa import end_to_end, passage_retrieval, reader_trainer
+from zel_jax.recipes.entqa import reader as entqa_reader
+from zel_jax.recipes.entqa import retriever as entqa_retriever
 
 
 def _doc(doc_id, text, spans=()):
@@ -25,27 +28,27 @@ def _doc(doc_id, text, spans=()):
 def test_end_to_end_report_strong_and_mention_detection():
   gold = {("d1", 0, 4, "A"), ("d1", 10, 14, "B"), ("d2", 3, 5, "C")}
   perfect = [(*g, 0.9) for g in gold]
-  report = entqa_reader.end_to_end_report(gold, perfect)
+  report = end_to_end.end_to_end_report(gold, perfect)
   assert report["inkb_micro_f1"] == 100.0 and report["md_f1"] == 100.0
   # A wrong entity on a right span: strong matching loses it, mention detection does not.
   wrong = [("d1", 0, 4, "A", 0.9), ("d1", 10, 14, "X", 0.9), ("d2", 3, 5, "C", 0.9),
            ("d3", 0, 2, "A", 0.9)]  # d3 has no gold: a false positive.
-  report = entqa_reader.end_to_end_report(gold, wrong)
+  report = end_to_end.end_to_end_report(gold, wrong)
   assert report["inkb_micro_p"] == 50.0                 # 2 of 4
   assert report["inkb_micro_r"] == pytest.approx(66.67)  # 2 of 3
   assert report["inkb_micro_f1"] == pytest.approx(57.14)
   assert report["md_p"] == 75.0 and report["md_r"] == 100.0
-  assert entqa_reader.end_to_end_report(gold, [])["inkb_micro_f1"] == 0.0
+  assert end_to_end.end_to_end_report(gold, [])["inkb_micro_f1"] == 0.0
 
 
 def test_calibrate_picks_the_best_f1_threshold():
   gold = {("d", 0, 1, "A"), ("d", 2, 3, "B")}
   predicted = [("d", 0, 1, "A", 0.9), ("d", 2, 3, "B", 0.5), ("d", 4, 5, "C", 0.3),
                ("d", 6, 7, "D", 0.2)]
-  result = entqa_reader.calibrate(gold, predicted, grid=[0.1, 0.25, 0.4, 0.6])
+  result = end_to_end.calibrate(gold, predicted, grid=[0.1, 0.25, 0.4, 0.6])
   # 0.4 keeps exactly the two golds (F1 100); 0.6 loses B, 0.25 and 0.1 add false ones.
   assert result["gamma"] == 0.4 and result["f1"] == 100.0
-  assert 0.3 <= entqa_reader.calibrate(gold, predicted)["gamma"] < 0.5
+  assert 0.3 <= end_to_end.calibrate(gold, predicted)["gamma"] < 0.5
 
 
 def test_title_match_longest_first_without_overlap_or_self(tmp_path):
@@ -61,11 +64,11 @@ def test_title_match_longest_first_without_overlap_or_self(tmp_path):
   dataset = zeshel.ZeshelDataset(root)
   text = "a Unix shell and a shell in C or Unix"
   doc = _doc("D", text)
-  found = evaluate.title_match(dataset, [doc], ["w"])
+  found = end_to_end.title_match(dataset, [doc], ["w"])
   spans = [(text[c0:c1], e) for _, c0, c1, e, _ in found]
   assert spans == [("Unix shell", "E2"), ("shell", "E3"), ("C", "E4"), ("Unix", "E1")]
   own = _doc("E3", "the shell")  # An entity's own text never links to itself.
-  assert evaluate.title_match(dataset, [own], ["w"]) == []
+  assert end_to_end.title_match(dataset, [own], ["w"]) == []
 
 
 def test_training_lists_put_missed_golds_last_and_label_spans():
@@ -82,14 +85,14 @@ def test_a_perfect_reader_scores_exactly_100(tmp_path, minilm_path):
   (or the window-edge rule dropping whole mentions) shows up as a lost point."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from zel_jax.data import features as features_lib  # pylint: disable=g-import-not-at-top
-  from zel_jax.models import entqa  # pylint: disable=g-import-not-at-top
+  from zel_jax.recipes.entqa import model as entqa  # pylint: disable=g-import-not-at-top
   data = tiny_world.write_world(tmp_path / "data")
   dataset = zeshel.ZeshelDataset(data)
   featurizer = features_lib.Featurizer.from_pretrained(minilm_path)
   config = _retriever_config(data, minilm_path)
   docs = documents_lib.zeshel_documents(dataset, "train")
-  table = entqa_retriever.entity_table(dataset, ["computing"], featurizer, 12)
-  pset = entqa_retriever.passage_set(config, dataset, featurizer, docs, table)
+  table = passage_retrieval.entity_table(dataset, ["computing"], featurizer, 12)
+  pset = passage_retrieval.passage_set(config, dataset, featurizer, docs, table)
   # Some golds sit at a window's inner edge: the edge rule drops them there, and the
   # neighbouring window must read them.
   assert any(entqa_reader._cut_by_window_edge(pset.passages, p, j0, j1)  # pylint: disable=protected-access
@@ -119,7 +122,7 @@ def test_a_perfect_reader_scores_exactly_100(tmp_path, minilm_path):
                                             np.asarray(best[p]), np.asarray(j0[p]),
                                             np.asarray(j1[p]), np.asarray(null[p]), 3, False)
   merged = [a for a in entqa.merge_predictions(answers) if a[4] > 0.05]
-  report = entqa_reader.end_to_end_report(entqa_reader.gold_set(docs), merged)
+  report = end_to_end.end_to_end_report(end_to_end.gold_set(docs), merged)
   assert report["gold"] == 48
   assert report["inkb_micro_f1"] == 100.0 and report["md_f1"] == 100.0
 
@@ -129,7 +132,7 @@ def test_a_perfect_reader_scores_exactly_100(tmp_path, minilm_path):
 
 
 def _retriever_config(data, model_dir, **overrides):
-  import configs.entqa_retriever as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import entqa_retriever as recipe  # pylint: disable=g-import-not-at-top
   config = recipe.get_config("runlocal")
   config.data.dir = str(data)
   config.model.pretrained = str(model_dir)
@@ -158,7 +161,7 @@ def _retriever_config(data, model_dir, **overrides):
 
 
 def _reader_config(data, model_dir, retriever, **overrides):
-  import configs.entqa_reader as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import entqa_reader as recipe  # pylint: disable=g-import-not-at-top
   config = recipe.get_config("runlocal")
   config.data.dir = str(data)
   config.data.candidates = str(retriever)
@@ -192,7 +195,7 @@ def trained(tmp_path_factory):
   ret_result = entqa_retriever.train_and_evaluate(_retriever_config(data, model_dir),
                                                   str(retriever))
   reader = root / "reader"
-  read_result = entqa_reader.train_and_evaluate(_reader_config(data, model_dir, retriever),
+  read_result = reader_trainer.train_and_evaluate(_reader_config(data, model_dir, retriever),
                                                 str(reader))
   return data, model_dir, retriever, reader, ret_result, read_result
 
@@ -247,7 +250,7 @@ def test_retriever_resume_restores_mined_negatives(trained, tmp_path, monkeypatc
 def test_reader_trains_calibrates_and_evaluates_end_to_end(trained, tmp_path):
   data, _, _, reader, _, result = trained
   assert np.isfinite(result["loss"])
-  calibration = json.load(open(reader / entqa_reader.THRESHOLD_FILE))
+  calibration = json.load(open(reader / end_to_end.THRESHOLD_FILE))
   assert calibration["split"] == "val" and calibration["documents"] == 6
   test = result["evals"]["test"]
   for key in ("inkb_micro_p", "inkb_micro_r", "inkb_micro_f1", "md_f1", "documents_per_s"):
@@ -260,7 +263,7 @@ def test_reader_trains_calibrates_and_evaluates_end_to_end(trained, tmp_path):
   base = evaluate.run_end_to_end(str(reader), None, "test", baseline="title_match")
   assert base["gold"] == test["gold"] and base["inkb_micro_r"] > 0
   # The same documents in GERBIL's JSON-lines form score the same.
-  docs, _ = entqa_reader.split_documents(entqa_reader.EndToEnd(str(reader)).config,
+  docs, _ = end_to_end.split_documents(end_to_end.EndToEnd(str(reader)).config,
                                          zeshel.ZeshelDataset(data), "test")
   path = tmp_path / "test.jsonl"
   documents_lib.write_gerbil_jsonl(path, docs)
@@ -272,12 +275,12 @@ def test_reader_trains_calibrates_and_evaluates_end_to_end(trained, tmp_path):
 
 def test_link_end_to_end_maps_spans_back_to_the_raw_text(trained):
   data, _, _, reader, _, _ = trained
-  e2e = entqa_reader.EndToEnd(str(reader))
+  e2e = end_to_end.EndToEnd(str(reader))
   # A training document as raw text, with runs of spaces the stored text does not have: the
   # spans must come back as offsets into this string.
   doc = zeshel.ZeshelDataset(data).document("C000")
   text = doc.text.replace(" : ", " :   ").replace(" the ", "  the ")
-  linked, timing = link.link_documents(e2e, [{"text": text, "id": "x", "topic": doc.title}],
+  linked, timing = linking.link_documents(e2e, [{"text": text, "id": "x", "topic": doc.title}],
                                        "computing", threshold=0.0)
   assert timing["documents"] == 1 and timing["passages"] >= 1
   spans = linked[0]["spans"]
@@ -290,4 +293,4 @@ def test_link_end_to_end_maps_spans_back_to_the_raw_text(trained):
     assert text[span["start"]:span["end"]] == span["mention"]
     assert span["mention"] == span["mention"].strip() and span["score"] > 0.0
   with pytest.raises(ValueError, match="field 'text'"):
-    link.link_documents(e2e, [{"txt": text}], "computing")
+    linking.link_documents(e2e, [{"txt": text}], "computing")

@@ -10,7 +10,7 @@ import pytest
 
 from zel_jax import losses
 from zel_jax.models import bert, crossencoder
-from zel_jax.models import entqa
+from zel_jax.recipes.entqa import model as entqa
 
 
 def _log_softmax(x):

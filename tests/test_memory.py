@@ -7,6 +7,7 @@ import pytest
 import tiny_world
 from zel_jax import sharding
 from zel_jax.bench import memory
+from zel_jax.models import pretrained
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def tiny_bert(tmp_path_factory):
 
 
 def _config(tiny_bert, mesh, **model):
-  import configs.blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
   config = recipe.get_config("runlocal")
   config.model.pretrained = str(tiny_bert)
   config.data.mention_length = config.data.entity_length = 16
@@ -44,12 +45,12 @@ def test_step_memory_follows_batch_sharding_and_remat(tiny_bert):
 
 
 def test_standard_sizes_need_no_checkpoint():
-  config = memory.encoder_config("bert-large-uncased")
+  config = pretrained.encoder_config("bert-large-uncased")
   assert (config.hidden_size, config.num_layers, config.num_heads) == (1024, 24, 16)
 
 
 def test_mvd_joint_step_memory_follows_candidates(tiny_bert):
-  import configs.mvd as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import mvd as recipe  # pylint: disable=g-import-not-at-top
   config = recipe.get_config("runlocal,stage=joint")
   config.model.pretrained = str(tiny_bert)
   config.data.mention_length = config.mvd.view_length = config.data.entity_length = 16

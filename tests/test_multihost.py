@@ -149,7 +149,7 @@ def test_auto_distributed_calls_initialize(monkeypatch):
 _PROBE = """
 import os, sys
 from zel_jax import sharding, train
-from zel_jax.trainers import loop
+from zel_jax import workdir_io
 sharding.use_cpu_cores_as_devices()
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
 pid = int(args["process_id"])
@@ -157,7 +157,7 @@ train.initialize_distributed(args["coordinator_address"], int(args["num_processe
 root = os.environ["PROBE_ROOT"]
 workdir = os.path.join(root, "shared" if os.environ["PROBE_SHARED"] == "1" else f"host{pid}")
 try:
-  loop.check_workdir(workdir, wait_s=1.0)
+  workdir_io.check_workdir(workdir, wait_s=1.0)
   print(f"process {pid}: ok", flush=True)
 except ValueError as e:
   print(f"process {pid}: {e}", flush=True)
@@ -184,8 +184,8 @@ def test_workdir_must_be_shared_by_all_processes(tmp_path, shared):
 
 
 def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
+  from zel_jax import workdir_io  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
   with pytest.raises(ValueError, match=r"--workdir=gs://bucket/run: a URL.*same path on every"):
-    loop.check_workdir("gs://bucket/run")
+    workdir_io.check_workdir("gs://bucket/run")
   assert os.listdir(tmp_path) == []  # No "gs:" folder in the working directory.

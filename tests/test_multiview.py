@@ -5,8 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from zel_jax import recipes
 from zel_jax.data import features, local_views
+from zel_jax.evals import linking
 from zel_jax.models import bert
+from zel_jax.recipes.mvd import data as mvd_data
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +241,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def retriever(tiny, tmp_path_factory):
   import tiny_world
-  from zel_jax.trainers import mvd
+  from zel_jax.recipes.mvd import trainer as mvd
   data, bert_dir = tiny
   workdir = tmp_path_factory.mktemp("mvd_retriever")
   config = tiny_world.tiny_mvd_config(data, bert_dir, "retriever",
@@ -247,8 +250,8 @@ def retriever(tiny, tmp_path_factory):
 
 
 def _losses(workdir):
-  from zel_jax import metrics
-  return [r["loss"] for r in metrics.read_jsonl(str(workdir / "metrics.jsonl"))]
+  from zel_jax import metric_writer
+  return [r["loss"] for r in metric_writer.read_jsonl(str(workdir / "metrics.jsonl"))]
 
 
 def test_retriever_warms_up_over_views(retriever):
@@ -272,7 +275,7 @@ def test_retriever_warms_up_over_views(retriever):
 @pytest.fixture(scope="module")
 def teacher(tiny, retriever, tmp_path_factory):
   import tiny_world
-  from zel_jax.trainers import mvd
+  from zel_jax.recipes.mvd import trainer as mvd
   data, bert_dir = tiny
   workdir = tmp_path_factory.mktemp("mvd_teacher")
   config = tiny_world.tiny_mvd_config(
@@ -297,7 +300,7 @@ def test_teacher_trains_on_static_candidates(teacher):
 
 def _joint(tiny, retriever, teacher, workdir, **overrides):
   import tiny_world
-  from zel_jax.trainers import mvd
+  from zel_jax.recipes.mvd import trainer as mvd
   data, bert_dir = tiny
   config = tiny_world.tiny_mvd_config(
       data, bert_dir, "joint",
@@ -312,20 +315,21 @@ def _restored(config, workdir, side=None):
   from zel_jax import checkpoint as checkpoint_lib
   from zel_jax import sharding
   from zel_jax.models import biencoder, crossencoder
-  from zel_jax.trainers import biencoder as bi_trainer
-  from zel_jax.trainers import crossencoder as cross_trainer
-  from zel_jax.trainers import loop, mvd
+  from zel_jax.recipes.blink import biencoder as bi_trainer
+  from zel_jax.recipes.blink import crossencoder as cross_trainer
+  from zel_jax.training import params as params_lib
+  from zel_jax.recipes.mvd import trainer as mvd
   mesh = sharding.make_mesh(config.mesh)
   student, _ = bi_trainer.build_model(config, mesh)
-  teacher, _ = cross_trainer.build_model(mvd.teacher_config(config), mesh)
+  teacher, _ = cross_trainer.build_model(mvd_data.teacher_config(config), mesh)
   abstract = {"student": biencoder.abstract_params(student),
               "teacher": crossencoder.abstract_params(teacher)}
   if side is not None:
     abstract = abstract[side]
-  shardings = loop.param_shardings(config, abstract, mesh)
+  shardings = params_lib.param_shardings(config, abstract, mesh)
   ckpt = checkpoint_lib.Checkpointer(str(workdir / "checkpoints"), read_only=True)
   try:
-    items, meta = ckpt.restore({"params": loop.abstract_sharded_params(abstract, shardings)})
+    items, meta = ckpt.restore({"params": params_lib.abstract_sharded_params(abstract, shardings)})
   finally:
     ckpt.close()
   return items["params"], meta
@@ -343,11 +347,11 @@ def test_joint_training_mines_and_distills(tiny, retriever, teacher, tmp_path):
   rows, labels = np.asarray(meta["mvd_rows"]), np.asarray(meta["mvd_labels"])
   assert meta["mvd_batches"] == 8 and meta["mvd_mined_at"] == 1
   assert rows.shape == (48, 4)
-  from zel_jax.trainers import mvd
+  from zel_jax.recipes.mvd import trainer as mvd
   from zel_jax.data import zeshel
   from zel_jax.models import bert
   from zel_jax.data import features
-  data = mvd.mvd_data(config, zeshel.ZeshelDataset(config.data.dir),
+  data = mvd_data.mvd_data(config, zeshel.ZeshelDataset(config.data.dir),
                       features.Featurizer(bert.load_tokenizer(config.model.pretrained)), "train")
   np.testing.assert_array_equal(rows[np.arange(48), labels], data.gold)
   for row, label, gold in zip(rows, labels, data.gold):
@@ -360,7 +364,7 @@ def test_joint_training_mines_and_distills(tiny, retriever, teacher, tmp_path):
   assert (tmp_path / "candidates" / "test.local.jsonl").exists()
   single = evaluate.run(str(tmp_path), None, "test", "exact", None, None, 100, views="global")
   assert "views" not in single and single["recall@64"] == 100.0
-  linked = link.Linker(str(tmp_path), None, "computing").link(
+  linked = recipes.open_linker(str(tmp_path), None, "computing").link(
       [{"text": "it runs in the kernel today", "start": 15, "end": 21}], top_k=20)
   ids = [e["document_id"] for e in linked[0]["entities"]]
   assert len(ids) == len(set(ids)) == 20
@@ -391,25 +395,28 @@ def test_joint_loss_trains_the_global_view_and_aligns_local_views(tiny):
   import jax.numpy as jnp
   import tiny_world
   from zel_jax import losses, sharding
-  from zel_jax.models import crossencoder, multiview
-  from zel_jax.trainers import biencoder as bi_trainer
-  from zel_jax.trainers import crossencoder as cross_trainer
-  from zel_jax.trainers import loop, mvd
+  from zel_jax.models import crossencoder
+  from zel_jax.recipes.mvd import multiview
+  from zel_jax.recipes.blink import biencoder as bi_trainer
+  from zel_jax.recipes.blink import crossencoder as cross_trainer
+  from zel_jax.training import loop
+  from zel_jax.training import params as params_lib
+  from zel_jax.recipes.mvd import trainer as mvd
   data, bert_dir = tiny
   config = tiny_world.tiny_mvd_config(data, bert_dir, "joint")
   mesh = sharding.make_mesh(config.mesh)
   student, _ = bi_trainer.build_model(config, mesh)
-  teacher, _ = cross_trainer.build_model(mvd.teacher_config(config), mesh)
+  teacher, _ = cross_trainer.build_model(mvd_data.teacher_config(config), mesh)
   rng = jax.random.PRNGKey(0)
   params = {
       "student": bi_trainer.random_params(
           student, bi_trainer.param_shardings(config, student, mesh), rng),
       "teacher": cross_trainer.random_params(
-          teacher, loop.param_shardings(config, crossencoder.abstract_params(teacher), mesh),
+          teacher, params_lib.param_shardings(config, crossencoder.abstract_params(teacher), mesh),
           jax.random.fold_in(rng, 1))}
   b, k, s = 8, 4, 3
   lm, lv, lg = 12, 12, 24
-  lp = cross_trainer.pair_length(mvd.teacher_config(config))
+  lp = cross_trainer.pair_length(mvd_data.teacher_config(config))
   gen = np.random.default_rng(0)
   view_valid = np.ones((b, k, s), bool)
   view_valid[:, :, 2] = gen.random((b, k)) < 0.5   # Some candidates have 2 views.

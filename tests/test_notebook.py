@@ -8,7 +8,7 @@ import re
 import nbformat
 from nbclient import NotebookClient
 
-from zel_jax import link
+from zel_jax.evals import linking
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -16,18 +16,18 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def test_highlight_html_marks_mentions_and_escapes():
   record = {"text": "a <b> & [C] here", "start": 9, "end": 10,
             "entities": [{"title": "C (language)", "score": 12.345}, {"title": "x"}]}
-  assert link.highlight_html(record) == (
+  assert linking.highlight_html(record) == (
       '<p>a &lt;b&gt; &amp; [<mark title="C (language)">C</mark><sub>&rarr; C (language) '
       "12.35</sub>] here</p>")
   spans = {"text": "Emacs is written in Lisp.", "spans": [
       {"start": 20, "end": 24, "title": "Lisp", "score": 0.9},
       {"start": 0, "end": 5, "title": "Emacs \"GNU\"", "score": 0.8},
       {"start": 2, "end": 8, "title": "overlaps Emacs", "score": 0.1}]}
-  html = link.highlight_html(spans)
+  html = linking.highlight_html(spans)
   assert html.count("<mark") == 2 and "overlaps" not in html
   assert html.index(">Emacs</mark>") < html.index(">Lisp</mark>")
   assert 'title="Emacs &quot;GNU&quot;"' in html
-  assert link.highlight_html({"text": "no one", "start": 0, "end": 2, "entities": []}) == (
+  assert linking.highlight_html({"text": "no one", "start": 0, "end": 2, "entities": []}) == (
       '<p><mark title="(no entity)">no</mark><sub>&rarr; (no entity)</sub> one</p>')
 
 

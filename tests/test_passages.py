@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from test_dictd import ENTRIES, write_database
-from zel_jax.data import dictd, documents, features, zeshel
-from zel_jax.data import passages as passages_lib
+from zel_jax.data import documents, features, foldoc, zeshel
+from zel_jax.recipes.entqa import passages as passages_lib
 from zel_jax.models import bert
 
 # 24 words that are one wordpiece each (checked in _single_pieces), so token = word index.
@@ -232,7 +232,7 @@ PLAIN_ENTRIES = [(f"plain {i}", f"plain {i}\n\n   An entry with no references, n
 def lisp_world(tmp_path):
   directory = write_database(tmp_path / "db", "plain", entries=ENTRIES + PLAIN_ENTRIES)
   out = tmp_path / "out"
-  dictd.build_world(directory, "test", out, world="lisp_world")
+  foldoc.build_world(directory, "test", out, world="lisp_world")
   return out
 
 
@@ -264,7 +264,7 @@ def test_zeshel_documents_dictd_split_keeps_documents_without_mentions(lisp_worl
     for split in ("train", "val", "test"):
       docs = documents.zeshel_documents(ds, split, select="dictd_split")
       by_mentions = {d.doc_id: d for d in documents.zeshel_documents(ds, split)}
-      assert [d.doc_id for d in docs] == [i for i in all_ids if dictd.split_of(i) == split]
+      assert [d.doc_id for d in docs] == [i for i in all_ids if foldoc.split_of(i) == split]
       for d in docs:
         assert d == by_mentions[d.doc_id] if d.doc_id in with_mentions else not d.spans
       seen += [d.doc_id for d in docs]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import common
+from zel_jax.configs import common
 from zel_jax import sharding
 from zel_jax.models import bert
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import tiny_world
-from zel_jax import evaluate, losses, metrics
-from zel_jax.data import typing as typing_data
+from zel_jax import evaluate, losses, metric_writer
+from zel_jax.recipes.etzel import types as typing_data
 from zel_jax.data import zeshel
 from zel_jax.models import bert
-from zel_jax.models import typing as typing_model
+from zel_jax.recipes.etzel import typer
+from zel_jax.recipes.etzel import typing_model
 
 VOCAB = ["person", "organization", "part", "language", "programming_language", "tool",
          "graphics", "code", "country_code", "computer", "system", "process"]
@@ -201,8 +202,8 @@ def test_typing_layers_attend_over_tokens_not_the_batch():
 
 
 def test_typing_report_by_hand():
-  assert evaluate.typing_report([[1, 2]], [[1, 2]])["macro_f1"] == 100.0
-  report = evaluate.typing_report([[1, 2], [3], []], [[1], [3, 4], [5]])
+  assert typer.typing_report([[1, 2]], [[1, 2]])["macro_f1"] == 100.0
+  report = typer.typing_report([[1, 2], [3], []], [[1], [3, 4], [5]])
   # macro P over 3 predicting examples: (1 + 1/2 + 0) / 3; R over 2 with gold: (1/2 + 1) / 2.
   assert report["macro_p"] == pytest.approx(50.0)
   assert report["macro_r"] == pytest.approx(75.0)
@@ -212,7 +213,7 @@ def test_typing_report_by_hand():
 
 
 def test_extraction_keeps_types_above_the_threshold_plus_the_argmax():
-  from zel_jax.trainers import typing as trainer
+  from zel_jax.recipes.etzel import typer as trainer
   probs = np.array([[0.9, 0.3, 0.05], [0.08, 0.07, 0.01], [0.5, 0.11, 0.1]], np.float32)
   index = np.array([[4, 2, 9], [7, 1, 3], [5, 6, 8]])
   assert trainer.decode(probs, index, 0.1) == [[4, 2], [7], [5, 6]]
@@ -255,8 +256,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def typing_run(tiny, tmp_path_factory):
-  import configs.etzel_typing as recipe
-  from zel_jax.trainers import typing as trainer
+  from zel_jax.configs import etzel_typing as recipe
+  from zel_jax.recipes.etzel import typer as trainer
   data, bert_dir, vocab = tiny
   config = recipe.get_config("runlocal")
   overrides = {"data.dir": str(data), "model.pretrained": str(bert_dir),
@@ -275,7 +276,7 @@ def typing_run(tiny, tmp_path_factory):
 def test_typing_trains_evaluates_and_extracts(tiny, typing_run):
   data, _, _ = tiny
   config, workdir, result = typing_run
-  logged = [r["loss"] for r in metrics.read_jsonl(str(workdir / "metrics.jsonl"))]
+  logged = [r["loss"] for r in metric_writer.read_jsonl(str(workdir / "metrics.jsonl"))]
   assert np.mean(logged[-2:]) < np.mean(logged[:2])
   # Every tiny-world mention names a topic entity, "X is a part of a computer system".
   test = result["evals"]["test"]
@@ -288,7 +289,7 @@ def test_typing_trains_evaluates_and_extracts(tiny, typing_run):
 
 def test_type_embeddings_stay_fixed(tiny, typing_run):
   from zel_jax import sharding
-  from zel_jax.trainers import typing as trainer
+  from zel_jax.recipes.etzel import typer as trainer
   config, workdir, _ = typing_run
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer, vocabulary = trainer.build_model(config, mesh)
@@ -302,8 +303,8 @@ def test_type_embeddings_stay_fixed(tiny, typing_run):
 
 
 def test_multitask_trains_on_extracted_types_and_evaluates(tiny, typing_run, tmp_path):
-  import configs.etzel_multitask as recipe
-  from zel_jax.trainers import etzel
+  from zel_jax.configs import etzel_multitask as recipe
+  from zel_jax.recipes.etzel import multitask as etzel
   data, bert_dir, vocab = tiny
   config = tiny_world.tiny_config(data, bert_dir)
   multitask = recipe.get_config("runlocal")
@@ -317,7 +318,7 @@ def test_multitask_trains_on_extracted_types_and_evaluates(tiny, typing_run, tmp
   multitask.num_train_steps = 40
   multitask.evals.splits = ("test",)
   result = etzel.train_and_evaluate(multitask, str(tmp_path))
-  logged = [r["loss"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))]
+  logged = [r["loss"] for r in metric_writer.read_jsonl(str(tmp_path / "metrics.jsonl"))]
   assert np.mean(logged[-2:]) < np.mean(logged[:2])
   test = result["evals"]["test"]
   assert test["recall@64"] == 100.0 and test["recall@1"] > 100 / 56
@@ -328,8 +329,8 @@ def test_multitask_trains_on_extracted_types_and_evaluates(tiny, typing_run, tmp
 
 
 def test_multitask_without_extracted_types_says_what_to_run(tiny, tmp_path):
-  import configs.etzel_multitask as recipe
-  from zel_jax.trainers import etzel
+  from zel_jax.configs import etzel_multitask as recipe
+  from zel_jax.recipes.etzel import multitask as etzel
   data, bert_dir, vocab = tiny
   config = recipe.get_config("runlocal")
   config.data.dir = str(data)
@@ -341,9 +342,9 @@ def test_multitask_without_extracted_types_says_what_to_run(tiny, tmp_path):
 
 
 def test_typing_and_linking_layers_start_from_the_top_layer(tiny):
-  import configs.etzel_multitask as recipe
+  from zel_jax.configs import etzel_multitask as recipe
   from zel_jax import sharding
-  from zel_jax.trainers import etzel
+  from zel_jax.recipes.etzel import multitask as etzel
   data, bert_dir, vocab = tiny
   config = recipe.get_config("runlocal")
   config.data.dir, config.model.pretrained = str(data), str(bert_dir)
@@ -368,8 +369,8 @@ def test_typing_and_linking_layers_start_from_the_top_layer(tiny):
 
 
 def test_extraction_can_be_limited_to_the_worlds_of_some_splits(tmp_path):
-  import configs.etzel_typing as recipe
-  from zel_jax.trainers import typing as trainer
+  from zel_jax.configs import etzel_typing as recipe
+  from zel_jax.recipes.etzel import typer as trainer
   (tmp_path / "documents").mkdir()
   (tmp_path / "mentions").mkdir()
   for world in ("trainworld", "testworld", "unused"):

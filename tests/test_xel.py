@@ -12,13 +12,15 @@ import pytest
 
 from test_dictd import b64
 import tiny_world
-from zel_jax import evaluate, losses, sharding
+from zel_jax import losses, sharding
 from zel_jax.data import crosslang
-from zel_jax.models import xel as xel_model
-from zel_jax.trainers import xel as xel_trainer
-from zel_jax.trainers import xel_features
+from zel_jax.recipes.xel import model as xel_model
+from zel_jax.recipes.xel import trainer as xel_trainer
+from zel_jax.recipes.xel import features as xel_features
+from zel_jax.recipes.xel import data as xel_run_data
+from zel_jax.recipes.xel import nil
 
-NIL = evaluate.NIL_ROW
+NIL = nil.NIL_ROW
 
 
 # ------------------------------------------------------------------------------------------
@@ -51,25 +53,25 @@ def test_hinge_gradient_reaches_only_the_max_negative():
 def test_nil_threshold():
   scores = np.array([[0.9, 0.1], [0.2, -0.3], [-np.inf, -np.inf], [0.5, 0.6]])
   rows = np.array([[4, 7], [3, 1], [-1, -1], [2, 5]])
-  top_row, top_score = evaluate.top_candidates(scores, rows)
+  top_row, top_score = nil.top_candidates(scores, rows)
   np.testing.assert_array_equal(top_row, [4, 3, NIL, 5])
-  np.testing.assert_array_equal(evaluate.apply_nil_threshold(top_row, top_score, 0.3),
+  np.testing.assert_array_equal(nil.apply_nil_threshold(top_row, top_score, 0.3),
                                 [4, NIL, NIL, 5])
-  np.testing.assert_array_equal(evaluate.apply_nil_threshold(top_row, top_score, -np.inf),
+  np.testing.assert_array_equal(nil.apply_nil_threshold(top_row, top_score, -np.inf),
                                 [4, 3, NIL, 5])
   # Mention 1 is NIL in gold: any threshold in (0.2, 0.6] gets all four right.
   gold = np.array([4, NIL, NIL, 5])
-  t = evaluate.select_nil_threshold(top_row, top_score, gold)
+  t = nil.select_nil_threshold(top_row, top_score, gold)
   assert 0.2 < t <= 0.6
-  np.testing.assert_array_equal(evaluate.apply_nil_threshold(top_row, top_score, t), gold)
+  np.testing.assert_array_equal(nil.apply_nil_threshold(top_row, top_score, t), gold)
   # No gold NIL among linked mentions: never NIL is best.
-  assert evaluate.select_nil_threshold(top_row, top_score, np.array([4, 3, NIL, 5])) == -np.inf
+  assert nil.select_nil_threshold(top_row, top_score, np.array([4, 3, NIL, 5])) == -np.inf
 
 
 def test_nil_link_report():
   predicted = np.array([1, 2, NIL, 4, NIL, 6])
   gold = np.array([1, 3, NIL, NIL, 5, 6])
-  r = evaluate.nil_link_report(predicted, gold)
+  r = nil.nil_link_report(predicted, gold)
   # Links predicted 4 (2 right); gold links 4 (2 found); equal labels 3 of 6.
   assert (r["precision"], r["recall"], r["f1"], r["accuracy"]) == (50.0, 50.0, 50.0, 50.0)
   assert (r["gold_nil"], r["predicted_nil"], r["mentions"]) == (2, 2, 6)
@@ -79,12 +81,12 @@ def test_popularity_rerank():
   scores = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7], [0.5, 0.6, -np.inf], [-np.inf] * 3])
   rows = np.array([[0, 1, 2], [3, 4, 5], [1, 2, -1], [-1, -1, -1]])
   counts = np.array([1, 5, 5, 0, 0, 0])
-  picked = evaluate.popularity_rerank(scores, rows, counts, top=10)
+  picked = nil.popularity_rerank(scores, rows, counts, top=10)
   # Row 0: rows 1 and 2 tie on 5, the better-scoring (1) wins. Row 1: none seen in training,
   # the top-scoring stays. Row 2: 2 scores above 1 and ties on count. Row 3: no candidates.
   np.testing.assert_array_equal(picked, [1, 3, 2, NIL])
   # Only the top-k are considered.
-  np.testing.assert_array_equal(evaluate.popularity_rerank(scores, rows, counts, top=1),
+  np.testing.assert_array_equal(nil.popularity_rerank(scores, rows, counts, top=1),
                                 [0, 3, 2, NIL])
 
 
@@ -306,7 +308,7 @@ def test_reads_wiki_pickle_layout(tmp_path):
 
 
 def _config(data_dir, **overrides):
-  from configs import xel as xel_config  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import xel as xel_config  # pylint: disable=g-import-not-at-top
   config = xel_config.get_config("runlocal")
   config.data.dir = str(data_dir)
   config.model.context_tokens = 16
@@ -330,7 +332,7 @@ def _config(data_dir, **overrides):
 def test_prepare_draws_negatives_other_than_gold_and_repeats_them(xel_data, tmp_path):
   out, _ = xel_data
   config = _config(out, **{"data.train_languages": "de"})
-  data = xel_trainer.XelData(config)
+  data = xel_run_data.XelData(config)
   assert data.train_languages == ["de"] and data.eval_languages == ["de", "fr"]
   features = xel_features.Features.__new__(xel_features.Features)  # Hand-made tables, no encoder.
   e = len(data.kb)
@@ -373,7 +375,7 @@ def test_recipe_trains_evaluates_and_reuses_features(xel_data, tmp_path):
   assert np.isfinite(result["loss"])
   # Every feature comes back from the cache: the encoder is never loaded again.
   config = _config(out)
-  features = xel_features.Features(config, xel_trainer.XelData(config), str(workdir),
+  features = xel_features.Features(config, xel_run_data.XelData(config), str(workdir),
                                   sharding.make_mesh(config.mesh))
   assert features._encoder is None
   # The saved run evaluates again from its checkpoint, to the same numbers.
@@ -393,7 +395,7 @@ def test_pair_similarity_separates_aligned_from_shuffled():
 def test_candidates_from_a_given_file(xel_data, tmp_path):
   out, _ = xel_data
   config = _config(out, **{"triage.source": "file", "triage.k": 3})
-  data = xel_trainer.XelData(config)
+  data = xel_run_data.XelData(config)
   mentions = data.split("fr", "test")
   ids = [e.id for e in data.kb]
   path = crosslang.candidates_path(out, "fr", "test")

@@ -151,10 +151,10 @@ def test_finished_jobs_are_reused_and_failures_name_the_log(tmp_path, monkeypatc
 
 
 def test_untrained_row_is_the_mean_pooled_encoder_config(tmp_path):
-  from zel_jax.trainers import loop
+  from zel_jax import workdir_io
   job = next(j for j in zeroshot.plan(zeroshot.Budget(), [0]) if j.name == "untrained")
   zeroshot.write_config(job, str(tmp_path), "data/worlds")
-  config = loop.load_config(str(tmp_path))
+  config = workdir_io.load_config(str(tmp_path))
   assert config.model.pooling == "mean" and config.model.pretrained == "all-MiniLM-L6-v2"
   assert config.data.dir == "data/worlds" and config.data.entity_length == 32
   assert tuple(config.evals.splits) == ("train", "val", "test")

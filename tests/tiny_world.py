@@ -100,7 +100,7 @@ def write_tiny_bert(directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
 
 
 def tiny_config(data_dir, model_dir, **overrides):
-  import configs.blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
   config = recipe.get_config("runlocal")
   config.data.dir = str(data_dir)
   config.model.pretrained = str(model_dir)
@@ -148,7 +148,7 @@ def write_candidates(data_dir, path, split: str, k: int = 4, miss_every: int = 0
 
 
 def tiny_cross_config(data_dir, model_dir, candidates, **overrides):
-  import configs.blink_crossencoder as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import blink_crossencoder as recipe  # pylint: disable=g-import-not-at-top
   config = recipe.get_config("runlocal")
   config.data.dir = str(data_dir)
   config.data.candidates = str(candidates)
@@ -184,7 +184,7 @@ def _override(config, overrides):
 
 
 def tiny_mvd_config(data_dir, model_dir, stage: str, **overrides):
-  import configs.mvd as recipe  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import mvd as recipe  # pylint: disable=g-import-not-at-top
   config = recipe.get_config(f"runlocal,stage={stage}")
   config.data.dir = str(data_dir)
   config.model.pretrained = str(model_dir)

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 META = "meta"
 
@@ -28,7 +30,6 @@ def abstract_like(tree: Any, shardings: Any = None, mesh: Any = None) -> Any:
   With `mesh`, leaves not already placed on it (e.g. an optimizer's step counter, created
   on one device) restore replicated over it, so they mix with mesh-sharded arrays in jit.
   """
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
 
   def one(x, s=None):
     s = s if s is not None else getattr(x, "sharding", None)
@@ -131,7 +132,6 @@ class Checkpointer:
     """Whether to save and stop now. With several processes all of them must agree on the
     step, so JAX's preemption sync point is used (it is the one that catches SIGTERM there)."""
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       try:
         return multihost_utils.reached_preemption_sync_point(step) or self._preempted.is_set()
       except RuntimeError:  # No preemption sync manager (distributed init without it).

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from zel_jax import sharding
+from zel_jax import configs, sharding
 from zel_jax.models import bert
 from zel_jax.models.biencoder import pool
+from jax.experimental import multihost_utils
 
 
 def load_encoder(config, mesh):
@@ -67,7 +68,6 @@ def embed_texts(texts: Sequence[str], model, params, tokenizer, mesh, config) ->
         mesh, batch_axes)
     emb = forward(params, batch["ids"], batch["mask"])
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       emb = multihost_utils.process_allgather(emb, tiled=True)
     out.append(np.asarray(emb)[:len(chunk)])
   return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), np.float32)
@@ -104,4 +104,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from zel_jax import metrics, sharding
+from zel_jax import metric_writer, recipes, sharding, workdir_io
+from zel_jax.configs import blink_biencoder, blink_crossencoder
+from zel_jax.data import foldoc
+from zel_jax.evals import linking
+from zel_jax.evals.base import EvalRequest
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/quickstart", "Training workdir.")
 _DATA = flags.DEFINE_string("data", "data/foldoc", "Where the FOLDOC world is (built if absent).")
@@ -32,48 +35,27 @@ _SENTENCE = flags.DEFINE_string(
     "A sentence to link, its mention in [[double brackets]].")
 
 
-def fetch_foldoc(out_dir: str) -> str:
-  """Builds the FOLDOC world from Debian's dict-foldoc package unless `out_dir` has it."""
-  from zel_jax.data import debian, dictd  # pylint: disable=g-import-not-at-top
-  if os.path.exists(os.path.join(out_dir, "stats.json")):
-    return out_dir
-  with tempfile.TemporaryDirectory() as tmp:
-    unpacked = os.path.join(tmp, "root")
-    debian.extract_deb(debian.download_deb("dict-foldoc", tmp), unpacked)
-    stats = dictd.build_world(os.path.join(unpacked, "usr", "share", "dictd"), "foldoc",
-                              out_dir)
-  logging.info("FOLDOC world: %s", stats)
-  return out_dir
-
-
 def main(argv):
   sharding.use_cpu_cores_as_devices()
-  metrics.quiet_library_logs()
+  metric_writer.quiet_library_logs()
   del argv
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,unused-import
-  import configs.blink_biencoder as recipe  # pylint: disable=g-import-not-at-top
-  from zel_jax import evaluate, link  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
-
   start = time.time()
-  data = fetch_foldoc(_DATA.value)
-  config = recipe.get_config("runlocal")
+  data = foldoc.fetch_foldoc(_DATA.value)
+  config = blink_biencoder.get_config("runlocal")
   config.data.dir = os.path.abspath(data)
   if _STEPS.value:
     config.num_train_steps = _STEPS.value
   config.evals.splits = ()  # Evaluated below, next to the baselines.
   workdir = os.path.abspath(_WORKDIR.value)
-  loop.save_config(config, workdir)
+  workdir_io.save_config(config, workdir)
 
   rows = {}
   print("evaluating BM25 and the untrained encoder on FOLDOC test ...", flush=True)
-  rows["BM25 (title + text)"] = evaluate.run(workdir, None, "test", "exact", None, "bm25", 100)
-  rows["MiniLM-L6, untrained"] = evaluate.run(workdir, None, "test", "exact", None,
-                                              "untrained", 100)
+  rows["BM25 (title + text)"] = _evaluate(workdir, "test", baseline="bm25")
+  rows["MiniLM-L6, untrained"] = _evaluate(workdir, "test", baseline="untrained")
   print(f"training the bi-encoder for {config.num_train_steps} steps ...", flush=True)
-  trainer.train_and_evaluate(config, workdir)
-  rows["MiniLM-L6, trained"] = evaluate.run(workdir, None, "test", "scann", None, None, 100)
+  recipes.for_config(config).train(config, workdir)
+  rows["MiniLM-L6, trained"] = _evaluate(workdir, "test", store="scann")
 
   print(f"\nFOLDOC test, {rows['BM25 (title + text)']['mentions']} mentions, recall (%):")
   print(f"{'retriever':26s} {'@1':>7s} {'@16':>7s} {'@64':>7s}")
@@ -89,8 +71,8 @@ def main(argv):
   reranker = None
   if _STAGE2.value:
     reranker, rows["cross-encoder"] = _stage2(workdir, config.data.dir)
-  linker = link.Linker(workdir, None, "foldoc", store="scann")
-  linked = linker.link([link.marked_text(_SENTENCE.value)], top_k=5, reranker=reranker)[0]
+  linker = recipes.open_linker(workdir, None, "foldoc", store="scann")
+  linked = linker.link([linking.marked_text(_SENTENCE.value)], top_k=5, reranker=reranker)[0]
   print(f"\n{_SENTENCE.value}\n  -> " + ", ".join(
       f"{e['title']} ({e['score']:.1f})" for e in linked["entities"]))
   print(f"\nworkdir: {workdir}  (python -m zel_jax.evaluate --workdir={workdir} --split=test; "
@@ -105,21 +87,25 @@ def main(argv):
   print(json.dumps(summary))
 
 
+def _evaluate(workdir: str, split: str, store: str = "exact", baseline: str | None = None,
+              top_k: int = 100):
+  return recipes.evaluate_workdir(workdir, EvalRequest(
+      split=split, split_given=True, store=store, baseline=baseline, top_k=top_k,
+      top_k_given=True))
+
+
 def _stage2(workdir: str, data: str):
   """BLINK stage 2 at runlocal size: candidates of the training split from the bi-encoder,
   a cross-encoder trained on them, evaluated on test. Returns (reranker, test report)."""
-  import configs.blink_crossencoder as recipe  # pylint: disable=g-import-not-at-top
-  from zel_jax import evaluate, link  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import crossencoder  # pylint: disable=g-import-not-at-top
-  config = recipe.get_config("runlocal")
+  config = blink_crossencoder.get_config("runlocal")
   config.data.dir = data
   config.data.candidates = workdir
   cross_dir = os.path.join(workdir, "cross")
   print("retrieving candidates for the training split ...", flush=True)
-  evaluate.run(workdir, None, "train", "exact", None, None, config.data.num_candidates)
+  _evaluate(workdir, "train", top_k=config.data.num_candidates)
   print(f"training the cross-encoder for {config.num_train_steps} steps ...", flush=True)
-  report = crossencoder.train_and_evaluate(config, cross_dir)["evals"]["test"]
-  return link.Reranker(cross_dir), report
+  report = recipes.for_config(config).train(config, cross_dir)["evals"]["test"]
+  return recipes.open_reranker(cross_dir), report
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
-"""Train a recipe: `python -m zel_jax.train --config=configs/<exp>.py[:variant] --workdir=W`.
+"""Train a recipe: `python -m zel_jax.train --config=configs/<exp>.py[:variant] --workdir=W`
+(or a packaged config by name: `--config=blink_biencoder:runlocal`, from any directory).
 
-Thin on purpose (flax examples style): flags, multi-host init, then the trainer module named
-by `config.trainer` (zel_jax/trainers/<name>.py) runs `train_and_evaluate(config, workdir)`.
+Thin on purpose (flax examples style): flags, multi-host init, then the recipe the config
+names (`config.recipe`: zel_jax/recipes/<name>/, or a module of one's own) trains the stage
+`config.trainer`.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from zel_jax import metrics, sharding
-from zel_jax.trainers import loop
+from zel_jax import configs, metric_writer, recipes, sharding
+from zel_jax import workdir_io
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/blink_biencoder.py:runlocal.",
@@ -56,35 +57,23 @@ def initialize_distributed(coordinator_address: str | None = None,
                jax.default_backend())
 
 
-def trainer_module(name: str):
-  try:
-    return importlib.import_module(f"zel_jax.trainers.{name}")
-  except ModuleNotFoundError as e:
-    if e.name != f"zel_jax.trainers.{name}":
-      raise
-    here = os.path.join(os.path.dirname(__file__), "trainers")
-    known = sorted(f[:-3] for f in os.listdir(here) if f.endswith(".py") and f[0] != "_")
-    raise ValueError(f"config.trainer={name!r}: no module zel_jax/trainers/{name}.py "
-                     f"(trainers: {known})") from None
-
-
 def main(argv):
   sharding.use_cpu_cores_as_devices()
-  metrics.quiet_library_logs()
+  metric_writer.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
-  if "trainer" not in config:
-    raise ValueError("the config has no 'trainer' field naming zel_jax/trainers/<name>.py")
+  recipe = recipes.for_config(config)
+  recipe.stage(config)  # An unknown stage fails before anything is written.
   if "batch_size" in config:
     logging.info("global batch %d: %.4g per device, %.4g per process", config.batch_size,
                  config.batch_size / jax.device_count(),
                  config.batch_size / jax.process_count())
-  loop.check_workdir(_WORKDIR.value)
-  trainer_module(config.trainer).train_and_evaluate(config, _WORKDIR.value)
+  workdir_io.check_workdir(_WORKDIR.value)
+  recipe.train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

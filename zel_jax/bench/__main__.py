@@ -12,10 +12,17 @@ from typing import Any, Callable, Sequence
 from absl import app, flags, logging
 import numpy as np
 
-from zel_jax import sharding
+from zel_jax import configs, sharding
+from zel_jax.data import foldoc
 from zel_jax.bench import memory, steps
 from zel_jax.bench.index import (bench_device, bench_faiss_flat, bench_faiss_hnsw, bench_scann,
                                  clustered_embeddings, qps_of, result_row, timed)
+from zel_jax.data import worlds
+from zel_jax.bench import zeroshot, zeroshot_report
+import dataclasses
+import jax
+import importlib.util
+from zel_jax.index.numpy_store import exact_search
 
 FLAGS = flags.FLAGS
 
@@ -77,14 +84,13 @@ _MVD_REMAT = flags.DEFINE_string("mvd_remat", "", "mvd: rematerialization policy
 
 
 def run_index() -> dict[str, Any]:
-  from zel_jax.index.numpy_store import exact_search  # pylint: disable=g-import-not-at-top
   k, target, stores = _K.value, _TARGET_RECALL.value, set(_STORES.value)
   unknown = stores - {"exact", "scann", "faiss_hnsw", "faiss_flat", "device"}
   if unknown:
     raise app.UsageError(f"unknown --stores {sorted(unknown)}")
   if stores & {"faiss_hnsw", "faiss_flat"}:
     try:
-      import faiss  # pylint: disable=g-import-not-at-top,unused-import
+      import faiss  # lazy: FAISS is the reference, installed with the bench extra only
     except ImportError as e:
       raise app.UsageError("the FAISS columns need faiss-cpu (pip install faiss-cpu), or "
                            "leave them out with --stores") from e
@@ -125,8 +131,7 @@ def _data_dir() -> str:
   """--data, or the FOLDOC world (built under data/foldoc if absent)."""
   if _DATA.value:
     return _DATA.value
-  from zel_jax import quickstart  # pylint: disable=g-import-not-at-top
-  return quickstart.fetch_foldoc("data/foldoc")
+  return foldoc.fetch_foldoc("data/foldoc")
 
 
 def run_rerank() -> dict[str, Any]:
@@ -151,8 +156,7 @@ def run_mvd() -> dict[str, Any]:
 
 def _memory_config():
   """The experiment config of --memory_config with --memory_set overrides and the mesh."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path, _, arg = _MEM_CONFIG.value.partition(":")
+  path, _, arg = configs.resolve(_MEM_CONFIG.value).partition(":")
   spec = importlib.util.spec_from_file_location("memory_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -173,7 +177,6 @@ def _memory_config():
 def run_memory() -> dict[str, Any]:
   """The config's step at its own batch, then the largest global batch (a multiple of the
   batch shards) whose step fits --memory_budget_gib per device: doubling, then bisection."""
-  import jax  # pylint: disable=g-import-not-at-top
   config = _memory_config()
   mesh = sharding.make_mesh(config.mesh)
   unit = int(np.prod([mesh.shape[a] for a in config.sharding.batch_axes if a in mesh.shape]))
@@ -224,9 +227,6 @@ _ZS_BUDGET = flags.DEFINE_string("zeroshot_budget", "", "zeroshot: overrides of 
 
 
 def run_zeroshot() -> dict[str, Any]:
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from zel_jax.bench import zeroshot, zeroshot_report  # pylint: disable=g-import-not-at-top
-  from zel_jax.data import worlds  # pylint: disable=g-import-not-at-top
   fields = {f.name: f.type for f in dataclasses.fields(zeroshot.Budget)}
   changes = {}
   for part in filter(None, _ZS_BUDGET.value.split(",")):

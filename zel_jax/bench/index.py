@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from absl import logging
 import numpy as np
+from zel_jax.index.device_store import DeviceStore
+import jax
 
 
 # ----------------------------------------------------------------------------- data
@@ -94,7 +96,7 @@ def result_row(store: str, n: int, build_s: float, qps: float, recall: float, **
 
 
 def bench_scann(table, tune_q, tune_exact, eval_q, eval_exact, k, target):
-  from zel_jax.index.scann_store import ScannStore  # pylint: disable=g-import-not-at-top
+  from zel_jax.index.scann_store import ScannStore  # lazy: ScaNN is optional
   n = len(table)
   store, build_s = timed(lambda: ScannStore.build(table))
   leaves = store.params["num_leaves"]
@@ -127,7 +129,7 @@ def bench_scann(table, tune_q, tune_exact, eval_q, eval_exact, k, target):
 
 def bench_faiss_hnsw(table, tune_q, tune_exact, eval_q, eval_exact, k, target, budget_s,
                      exact_fn, m: int = 32, ef_construction: int = 128):
-  import faiss  # pylint: disable=g-import-not-at-top
+  import faiss  # lazy: FAISS is the reference, installed with the bench extra only
   n, dim = table.shape
   index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
   index.hnsw.efConstruction = ef_construction
@@ -169,7 +171,7 @@ def bench_faiss_hnsw(table, tune_q, tune_exact, eval_q, eval_exact, k, target, b
 
 
 def bench_faiss_flat(table, eval_q, eval_exact, k):
-  import faiss  # pylint: disable=g-import-not-at-top
+  import faiss  # lazy: FAISS is the reference, installed with the bench extra only
   index, build_s = timed(lambda: _faiss_flat(faiss, table))
   rows, qps = qps_of(lambda q: index.search(q, k)[1], eval_q)
   return result_row("faiss_flat", len(table), build_s, qps, recall_at_k(rows, eval_exact),
@@ -183,8 +185,6 @@ def _faiss_flat(faiss, table):
 
 
 def bench_device(table, eval_q, eval_exact, k):
-  import jax  # pylint: disable=g-import-not-at-top
-  from zel_jax.index.device_store import DeviceStore  # pylint: disable=g-import-not-at-top
 
   def build():
     store = DeviceStore.build(table, query_batch=256)

@@ -6,97 +6,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
-from zel_jax import sharding
-
-
-# ------------------------------------------------------------------------------------------
-# Memory: per-device bytes of a compiled train step, without allocating it.
-
-# Encoder sizes by name, for configs whose checkpoint is not on this machine (BERT paper).
-STANDARD_BERT = {
-    "bert-base-uncased": dict(),
-    "bert-large-uncased": dict(hidden_size=1024, num_layers=24, num_heads=16,
-                               intermediate_size=4096),
-}
-
-
-def encoder_config(name: str):
-  from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
-  if name in STANDARD_BERT:
-    return bert.BertConfig(**STANDARD_BERT[name])
-  return bert.load_config(bert.resolve_pretrained(name))
-
-
-def mvd_joint_shapes(config, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """{name: (shape, dtype)} of MVD's joint-stage batch (trainers/mvd.py's prepare): the
-  mention, K candidates x S local views (and each candidate's global view) for the student,
-  the same pairs as cross-encoder rows for the teacher."""
-  from zel_jax.trainers import crossencoder as cross_trainer  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import mvd  # pylint: disable=g-import-not-at-top
-  b, k, s = batch_size, int(config.mvd.num_candidates), int(config.mvd.train_views)
-  lm, lv = int(config.data.mention_length), int(config.mvd.view_length)
-  lg = int(config.data.entity_length)  # The global view.
-  lc = cross_trainer.pair_length(mvd.teacher_config(config))
-  st = 1 if config.mvd.single_vector_teacher else s  # Teacher views per candidate.
-  i32, boolean = np.dtype(np.int32), np.dtype(bool)
-  shapes = {"mention_input_ids": ((b, lm), i32), "mention_attention_mask": ((b, lm), i32),
-            "view_input_ids": ((b, k, s, lv), i32), "view_attention_mask": ((b, k, s, lv), i32),
-            "view_valid": ((b, k, s), boolean),
-            "teacher_input_ids": ((b, k, st, lc), i32),
-            "teacher_attention_mask": ((b, k, st, lc), i32),
-            "teacher_token_type_ids": ((b, k, st, lc), i32),
-            "teacher_valid": ((b, k, st), boolean), "label": ((b,), i32),
-            "candidate_valid": ((b, k), boolean), "valid": ((b,), boolean)}
-  if config.mvd.train_global_view:
-    shapes.update(global_input_ids=((b, k, 1, lg), i32),
-                  global_attention_mask=((b, k, 1, lg), i32),
-                  global_valid=((b, k, 1), boolean))
-  return shapes
-
-
-def biencoder_shapes(config, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """{name: (shape, dtype)} of BLINK's in-batch training batch."""
-  b, lm, le = batch_size, int(config.data.mention_length), int(config.data.entity_length)
-  i32 = np.dtype(np.int32)
-  return {"mention_input_ids": ((b, lm), i32), "mention_attention_mask": ((b, lm), i32),
-          "entity_input_ids": ((b, le), i32), "entity_attention_mask": ((b, le), i32),
-          "entity_index": ((b,), i32), "valid": ((b,), np.dtype(bool))}
+from zel_jax import checkpoint as checkpoint_lib
+from zel_jax import optim, recipes, sharding
+from zel_jax.training import loop
+from zel_jax.training import params as params_lib
 
 
 def step_memory(config, mesh, batch_size: int) -> dict[str, Any]:
   """Per-device bytes XLA plans for the recipe's jitted update at this global batch (the
-  bi-encoder's, or MVD's joint step for configs/mvd.py): compiled from shapes and shardings
-  alone (jax.ShapeDtypeStruct), so nothing is allocated and a step far larger than this
-  machine's memory can be measured."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from zel_jax import checkpoint as checkpoint_lib, optim  # pylint: disable=g-import-not-at-top
-  from zel_jax.models import biencoder, crossencoder  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import biencoder as bi_trainer, loop, mvd  # pylint: disable=g-import-not-at-top
-
-  bert_config = encoder_config(config.model.pretrained)
-  common = dict(dtype=jnp.dtype(config.model.dtype), remat=config.model.remat or None,
-                activation_sharding=sharding.activation_sharding(mesh,
-                                                                 config.sharding.batch_axes))
-  model = biencoder.BiEncoder(bert_config, pooling=config.model.pooling,
-                              share_towers=config.model.share_towers, **common)
-  if config.get("trainer") == "mvd":
-    if config.mvd.stage != "joint":
-      raise ValueError(f"bench memory measures MVD's joint step; the config is stage="
-                       f"{config.mvd.stage} (use configs/mvd.py:...,stage=joint)")
-    teacher = crossencoder.CrossEncoder(bert_config, **common)
-    loss_fn = mvd.joint_loss_fn(model, teacher, config)
-    abstract = {"student": biencoder.abstract_params(model),
-                "teacher": crossencoder.abstract_params(teacher)}
-    shapes = mvd_joint_shapes(config, batch_size)
-  else:
-    loss_fn = bi_trainer.make_loss_fn(model, config)
-    abstract = biencoder.abstract_params(model)
-    shapes = biencoder_shapes(config, batch_size)
-  p_shardings = loop.param_shardings(config, abstract, mesh)
-  params = loop.abstract_sharded_params(abstract, p_shardings)
+  recipe's step_shapes: BLINK's bi-encoder step, MVD's joint step): compiled from shapes and
+  shardings alone (jax.ShapeDtypeStruct), so nothing is allocated and a step far larger than
+  this machine's memory can be measured."""
+  step = recipes.for_config(config).hook("step_shapes", "measure a train step's memory")
+  loss_fn, abstract, shapes = step(config, mesh, batch_size)
+  p_shardings = params_lib.param_shardings(config, abstract, mesh)
+  params = params_lib.abstract_sharded_params(abstract, p_shardings)
   optimizer, schedule = optim.make_optimizer(config.optimizer, 10_000)
   opt = jax.eval_shape(optimizer.init, params)
   o_shardings = loop.opt_shardings(opt, params, p_shardings, mesh)

@@ -7,10 +7,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import sharding
-from zel_jax.bench.memory import biencoder_shapes, mvd_joint_shapes
+from zel_jax import optim, sharding
+from zel_jax.configs import blink_biencoder, blink_crossencoder
+from zel_jax.configs import mvd as mvd_config
+from zel_jax.data import examples, zeshel
+from zel_jax.data import features as features_lib
+from zel_jax.evals import inference
+from zel_jax.models import bert, biencoder, crossencoder
+from zel_jax.recipes.blink import biencoder as bi_trainer
+from zel_jax.recipes.blink import crossencoder as cross_trainer
+from zel_jax.recipes.mvd import data as mvd_data
+from zel_jax.recipes.mvd import trainer as mvd
+from zel_jax.training import loop
+from zel_jax.training import params as params_lib
 
 
 # ------------------------------------------------------------------------------------------
@@ -19,8 +32,6 @@ from zel_jax.bench.memory import biencoder_shapes, mvd_joint_shapes
 
 def _matmul_flops_per_s(seconds: float = 3.0, n: int = 2048) -> float:
   """XLA's own ceiling here: FLOP/s of one plain jitted fp32 matmul."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
   f = jax.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
@@ -44,22 +55,16 @@ def _train_batch(tokenizer, batch_size: int, mention_length: int, entity_length:
 
 def bench_train(model_name: str, batch_size: int, mention_length: int, entity_length: int,
                 seconds: float) -> dict[str, Any]:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  from configs import blink_biencoder  # pylint: disable=g-import-not-at-top
-  from zel_jax import optim  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
+  import torch  # lazy: torch is the reference, installed with the bench/test extras only
 
   config = blink_biencoder.get_config("runlocal")
   config.model.pretrained = model_name
   config.batch_size = batch_size
   config.model.hidden_dropout = config.model.attention_dropout = 0.1
   mesh = sharding.make_mesh(config.mesh)
-  model, featurizer = trainer.build_model(config, mesh)
-  shardings = trainer.param_shardings(config, model, mesh)
-  params = trainer.pretrained_params(config, model, shardings, jax.random.PRNGKey(0))
+  model, featurizer = bi_trainer.build_model(config, mesh)
+  shardings = bi_trainer.param_shardings(config, model, mesh)
+  params = bi_trainer.pretrained_params(config, model, shardings, jax.random.PRNGKey(0))
   optimizer, schedule = optim.make_optimizer(config.optimizer, 10_000)
   opt_state = optimizer.init(params)
   (m_ids, m_mask), (e_ids, e_mask) = _train_batch(featurizer.tokenizer, batch_size,
@@ -69,7 +74,7 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
            "entity_index": np.arange(batch_size, dtype=np.int32),
            "valid": np.ones(batch_size, bool)}
   batch = sharding.global_batch(batch, mesh, config.sharding.batch_axes)
-  update = jax.jit(loop.make_update(trainer.make_loss_fn(model, config), optimizer, schedule,
+  update = jax.jit(loop.make_update(bi_trainer.make_loss_fn(model, config), optimizer, schedule,
                                     config),
                    donate_argnums=(0, 1))
   rng = jax.random.PRNGKey(0)
@@ -89,7 +94,7 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
   zel_s = _time_steps(zel_step, (params, opt_state), seconds)
 
   torch.manual_seed(0)
-  from transformers import BertModel  # pylint: disable=g-import-not-at-top
+  from transformers import BertModel  # lazy: the PyTorch reference model (bench/test extras)
   path = _resolve(model_name)
   towers = [BertModel.from_pretrained(path, add_pooling_layer=False).train() for _ in range(2)]
   torch_params = [p for t in towers for p in t.parameters()]
@@ -131,14 +136,6 @@ def bench_mvd(model_name: str, variant: str, batch_size: int, seconds: float,
   """Seconds per jitted update of MVD's joint step (student over K candidates x S views,
   teacher over the same pairs, both losses and alignments) against the BLINK bi-encoder's
   in-batch step, same encoder, same mentions per step, full-length random token rows."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from configs import blink_biencoder, mvd as mvd_config  # pylint: disable=g-import-not-at-top
-  from zel_jax import optim  # pylint: disable=g-import-not-at-top
-  from zel_jax.models import biencoder, crossencoder  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import biencoder as bi_trainer  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import crossencoder as cross_trainer  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import loop, mvd  # pylint: disable=g-import-not-at-top
 
   arg = "runlocal" if variant == "runlocal" else f"variant={variant}"
   config = mvd_config.get_config(f"{arg},stage=joint")
@@ -170,7 +167,7 @@ def bench_mvd(model_name: str, variant: str, batch_size: int, seconds: float,
     return out
 
   def timed_update(loss_fn, abstract, init, batch):
-    shardings = loop.param_shardings(config, abstract, mesh)
+    shardings = params_lib.param_shardings(config, abstract, mesh)
     params = init(shardings)
     optimizer, schedule = optim.make_optimizer(config.optimizer, 10_000)
     batch = sharding.global_batch(batch, mesh, config.sharding.batch_axes)
@@ -192,9 +189,9 @@ def bench_mvd(model_name: str, variant: str, batch_size: int, seconds: float,
     return _time_steps(step, state, seconds), temp_gb
 
   student, _ = bi_trainer.build_model(config, mesh)
-  teacher, _ = cross_trainer.build_model(mvd.teacher_config(config), mesh)
+  teacher, _ = cross_trainer.build_model(mvd_data.teacher_config(config), mesh)
   key = jax.random.PRNGKey(0)
-  joint_batch = filled(mvd_joint_shapes(config, b))
+  joint_batch = filled(mvd.mvd_joint_shapes(config, b))
   joint_s, joint_gb = timed_update(
       mvd.joint_loss_fn(student, teacher, config),
       {"student": biencoder.abstract_params(student),
@@ -203,7 +200,7 @@ def bench_mvd(model_name: str, variant: str, batch_size: int, seconds: float,
                   "teacher": cross_trainer.random_params(teacher, sh["teacher"], key)},
       joint_batch)
   bi_model, _ = bi_trainer.build_model(bi_config, mesh)
-  bi_batch = filled(biencoder_shapes(bi_config, b))
+  bi_batch = filled(bi_trainer.biencoder_shapes(bi_config, b))
   bi_s, bi_gb = timed_update(bi_trainer.make_loss_fn(bi_model, bi_config),
                       biencoder.abstract_params(bi_model),
                       lambda sh: bi_trainer.random_params(bi_model, sh, key), bi_batch)
@@ -235,7 +232,6 @@ def _time_steps(step, state, seconds: float, warmup: int = 2) -> float:
 
 
 def _resolve(model_name: str) -> str:
-  from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
   return bert.resolve_pretrained(model_name)
 
 
@@ -245,12 +241,7 @@ def _resolve(model_name: str) -> str:
 
 def bench_encode(data: str, world: str, model_name: str, length: int,
                  batch_size: int) -> dict[str, Any]:
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  from configs import blink_biencoder  # pylint: disable=g-import-not-at-top
-  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from zel_jax.data import zeshel  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import biencoder as trainer  # pylint: disable=g-import-not-at-top
+  import torch  # lazy: torch is the reference, installed with the bench/test extras only
 
   dataset = zeshel.ZeshelDataset(data)
   entities = list(dataset.iter_entities(world))
@@ -258,10 +249,10 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
   config.model.pretrained = model_name
   config.data.entity_length = length
   mesh = sharding.make_mesh(config.mesh)
-  model, featurizer = trainer.build_model(config, mesh)
-  params = trainer.pretrained_params(config, model, trainer.param_shardings(config, model, mesh),
+  model, featurizer = bi_trainer.build_model(config, mesh)
+  params = bi_trainer.pretrained_params(config, model, bi_trainer.param_shardings(config, model, mesh),
                                      jax.random.PRNGKey(0))
-  _, encode_entities = evaluate.encoders(model)
+  _, encode_entities = inference.encoders(model)
   # Compile every bucket shape once outside the timing: a KB pass runs long enough in
   # practice that compilation is amortized; it is reported separately.
   warm = featurizer.entity_features([e.title for e in entities[:batch_size]],
@@ -270,15 +261,15 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
   for width in range(8, length + 1, 8):
     w = {k: np.ascontiguousarray(v[:, :width]) for k, v in warm.items()}
     w["attention_mask"][:] = 1
-    evaluate.embed_rows(encode_entities, params, w, mesh, batch_size)
+    inference.embed_rows(encode_entities, params, w, mesh, batch_size)
   compile_s = time.perf_counter() - t
 
-  from transformers import BertModel  # pylint: disable=g-import-not-at-top
+  from transformers import BertModel  # lazy: the PyTorch reference model (bench/test extras)
   tower = BertModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
 
   def zel_pass(part):
     feats = featurizer.entity_features([e.title for e in part], [e.text for e in part], length)
-    return evaluate.embed_rows(encode_entities, params, feats, mesh, batch_size), feats
+    return inference.embed_rows(encode_entities, params, feats, mesh, batch_size), feats
 
   def torch_pass(part):
     # BLINK's pass: every entity padded to the maximum length, fixed batches, [CLS] state.
@@ -326,18 +317,13 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
 
 def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: int
                  ) -> dict[str, Any]:
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  from configs import blink_crossencoder  # pylint: disable=g-import-not-at-top
-  from zel_jax.data import examples, zeshel  # pylint: disable=g-import-not-at-top
-  from zel_jax.data import features as features_lib  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import crossencoder as trainer  # pylint: disable=g-import-not-at-top
+  import torch  # lazy: torch is the reference, installed with the bench/test extras only
 
   config = blink_crossencoder.get_config("variant=base")
   config.model.pretrained = model_name
   mesh = sharding.make_mesh(config.mesh)
-  model, featurizer = trainer.build_model(config, mesh)
-  params = trainer.pretrained_params(config, model, trainer.param_shardings(config, model, mesh),
+  model, featurizer = cross_trainer.build_model(config, mesh)
+  params = cross_trainer.pretrained_params(config, model, cross_trainer.param_shardings(config, model, mesh),
                                      jax.random.PRNGKey(0))
   dataset = zeshel.ZeshelDataset(data)
   world = "foldoc" if "foldoc" in dataset.worlds() else dataset.worlds()[0]
@@ -350,10 +336,10 @@ def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: 
   rows = rng.integers(0, len(entities.ids), (len(index), k))
   rows[:, 0] = test.gold_rows[index]
   pairs = len(index) * k
-  length = trainer.pair_length(config)
+  length = cross_trainer.pair_length(config)
 
   def zel_pass():
-    return trainer.score_candidates(model, params, mention_feats, entities.features, rows,
+    return cross_trainer.score_candidates(model, params, mention_feats, entities.features, rows,
                                     config, mesh, batch_size, desc="")
 
   zel_pass()  # Compiles every bucket this set needs.
@@ -361,7 +347,7 @@ def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: 
   zel_scores = zel_pass()
   zel_s = time.perf_counter() - t
 
-  from transformers import BertModel  # pylint: disable=g-import-not-at-top
+  from transformers import BertModel  # lazy: the PyTorch reference model (bench/test extras)
   tower = BertModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
   linear = torch.nn.Linear(tower.config.hidden_size, 1)
   with torch.no_grad():

@@ -25,8 +25,11 @@ import sys
 import time
 from typing import Any
 
-import configs
+from zel_jax import configs
 from zel_jax.data import zeshel
+from zel_jax.evals import retrieval
+from zel_jax import workdir_io
+import importlib
 
 CONFIG_DIR = pathlib.Path(configs.__file__).resolve().parent
 DONE = "bench_done.json"
@@ -223,10 +226,9 @@ def _run_logged(argv: list[str], log_path: str) -> str:
 def write_config(job: Job, workdir: str, data_dir: str):
   """The job's config (file, variant, overrides) as a workdir's config.json, as train writes
   it; returns the config."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  from zel_jax.trainers import loop  # pylint: disable=g-import-not-at-top
   file, _, variant = job.config.partition(":")
-  config = importlib.import_module(f"configs.{file.removesuffix('.py')}").get_config(variant)
+  module = importlib.import_module(f"zel_jax.configs.{file.removesuffix('.py')}")
+  config = module.get_config(variant)
   config.data.dir = data_dir
   for key, value in job.overrides.items():
     node = config
@@ -234,7 +236,7 @@ def write_config(job: Job, workdir: str, data_dir: str):
     for parent in parents:
       node = node[parent]
     node[leaf] = value
-  loop.save_config(config, workdir)
+  workdir_io.save_config(config, workdir)
   return config
 
 
@@ -251,9 +253,8 @@ def _untrained(job: Job, workdir: str, data_dir: str) -> dict[str, Any]:
 
 
 def _bm25(data_dir: str) -> dict[str, Any]:
-  from zel_jax import evaluate  # pylint: disable=g-import-not-at-top
   dataset = zeshel.ZeshelDataset(data_dir)
-  return {split: evaluate.evaluate_bm25(dataset, split, top_k=100)
+  return {split: retrieval.evaluate_bm25(dataset, split, top_k=100)
           for split in ("train", "val", "test")}
 
 

@@ -237,9 +237,9 @@ def orderings(results: dict[str, Any]) -> list[str]:
 
 def plot(results: dict[str, Any], path: str) -> None:
   """Macro recall@k over the test worlds, one curve per row (mean over seeds)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # lazy: matplotlib draws the plot only (bench/test extras)
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # lazy: as above
   figure, axis = plt.subplots(figsize=(7, 4.5))
   for label, prefix, _ in RETRIEVAL_ROWS:
     if not _runs(results, prefix):

@@ -23,7 +23,7 @@ import re
 import sys
 from typing import Collection, Iterable, Sequence
 
-from zel_jax.data import dictd
+from zel_jax.data import foldoc
 from zel_jax.data import zeshel
 
 
@@ -75,7 +75,7 @@ def zeshel_documents(dataset: zeshel.ZeshelDataset | os.PathLike | str, split: s
 
   select="mentions": the documents that hold a mention of the split (of `world`'s corpus
   when given), in the order of their first mention. select="dictd_split": every document of
-  `world` that dictd.split_of assigns to the split, mentions or not, in file order (a
+  `world` that foldoc.split_of assigns to the split, mentions or not, in file order (a
   dictd-built world such as FOLDOC, where mention-less documents still count against
   precision); `world` may be omitted when the dataset has one world.
   """
@@ -97,7 +97,7 @@ def zeshel_documents(dataset: zeshel.ZeshelDataset | os.PathLike | str, split: s
     entities: Iterable[zeshel.Entity] = (dataset.document(d) for d in by_document)
   else:
     entities = (e for e in dataset.iter_entities(world)
-                if e.document_id in by_document or dictd.split_of(e.document_id) == split)
+                if e.document_id in by_document or foldoc.split_of(e.document_id) == split)
   documents = []
   for entity in entities:
     words = word_char_spans(entity.text)

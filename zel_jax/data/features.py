@@ -42,7 +42,7 @@ are assembled with numpy gathers; only the first (or last) `max_tokens` words of
 looked at, and a row whose cut-down text yields too few tokens is redone in full. Tokenizers
 without that property take the direct path: one batched Rust call over the (cut) texts.
 
-EntQA's passages and MVD's local views are built from these rows in `zel_jax.data.passages`
+EntQA's passages and MVD's local views are built from these rows in `zel_jax.recipes.entqa.passages`
 and `zel_jax.data.local_views`.
 """
 
@@ -57,6 +57,8 @@ import time
 from typing import Iterable, Sequence
 
 import numpy as np
+from zel_jax.models import bert
+from tokenizers import Tokenizer
 
 MENTION_START = "[Ms]"
 MENTION_END = "[Me]"
@@ -76,8 +78,6 @@ class Featurizer:
   """
 
   def __init__(self, tokenizer, *, use_unused_markers: bool = True, word_cache: bool = True):
-    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-    from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
     self.tokenizer = tokenizer
     self.marker_tokens = bert.add_marker_tokens(tokenizer, MARKERS, use_unused=use_unused_markers)
     ids = tokenizer.convert_tokens_to_ids([self.marker_tokens[m] for m in MARKERS])
@@ -93,7 +93,6 @@ class Featurizer:
 
   @classmethod
   def from_pretrained(cls, name_or_path: str, **kwargs) -> "Featurizer":
-    from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
     return cls(bert.load_tokenizer(name_or_path), **kwargs)
 
   @property

@@ -22,13 +22,13 @@ __all__ = ["CandidateStore", "NumpyStore", "ScannStore", "DeviceStore", "load_st
 def store_class(kind: str) -> type[CandidateStore]:
   """The store class for a kind name: "numpy", "scann" or "device"."""
   if kind == "numpy":
-    from zel_jax.index.numpy_store import NumpyStore  # pylint: disable=g-import-not-at-top
+    from zel_jax.index.numpy_store import NumpyStore  # lazy: `import zel_jax.index` pulls in neither ScaNN nor JAX
     return NumpyStore
   if kind == "scann":
-    from zel_jax.index.scann_store import ScannStore  # pylint: disable=g-import-not-at-top
+    from zel_jax.index.scann_store import ScannStore  # lazy: ScaNN is optional
     return ScannStore
   if kind == "device":
-    from zel_jax.index.device_store import DeviceStore  # pylint: disable=g-import-not-at-top
+    from zel_jax.index.device_store import DeviceStore  # lazy: `import zel_jax.index` pulls in no JAX
     return DeviceStore
   raise ValueError(f"unknown candidate store kind {kind!r}; known: numpy, scann, device")
 

