@@ -37,8 +37,8 @@ def shared_data():
 @pytest.fixture(scope="session")
 def minilm_path():
   """The real all-MiniLM-L6-v2 weights, installed by the project's setup (see README)."""
-  from zel_jax.models import bert  # pylint: disable=g-import-not-at-top
-  return bert.resolve_pretrained("all-MiniLM-L6-v2")
+  from zel_jax.models import bert_io  # pylint: disable=g-import-not-at-top
+  return bert_io.resolve_pretrained("all-MiniLM-L6-v2")
 
 # Test helpers (tiny_world.py, checkpoint_worker.py) import as top-level modules.
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-order

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from zel_jax.models import bert
+from zel_jax.models import bert, bert_io
 
 SENTENCES = [
     "Baibars besieged Antioch in 1268 and the city fell after a short siege.",
@@ -22,8 +22,8 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def minilm():
-  model, params = bert.from_pretrained("all-MiniLM-L6-v2")
-  tokenizer = bert.load_tokenizer("all-MiniLM-L6-v2")
+  model, params = bert_io.from_pretrained("all-MiniLM-L6-v2")
+  tokenizer = bert_io.load_tokenizer("all-MiniLM-L6-v2")
   return model, params, tokenizer
 
 
@@ -156,7 +156,7 @@ def test_bert_prefix_and_gamma_beta_names_load(minilm, minilm_path, tmp_path):
     return out
 
   path = _copy_checkpoint(minilm_path, str(tmp_path / "prefixed"), rename)
-  _, loaded = bert.from_pretrained(path)
+  _, loaded = bert_io.from_pretrained(path)
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
     np.testing.assert_array_equal(a, b)
 
@@ -170,7 +170,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(minilm_path, tmp_pat
 
   path = _copy_checkpoint(minilm_path, str(tmp_path / "damaged"), damage)
   with pytest.raises(ValueError) as err:
-    bert.from_pretrained(path)
+    bert_io.from_pretrained(path)
   message = str(err.value)
   assert "model.safetensors" in message
   assert "missing tensors: layer_3/output/bias (from 'encoder.layer.3.output.dense.bias')" in message
@@ -184,14 +184,14 @@ def test_bad_config_named(minilm_path, tmp_path):
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump({"hidden_size": 384}, f)
   with pytest.raises(ValueError, match=r"config.json: missing field\(s\) \['vocab_size'"):
-    bert.from_pretrained(path)
+    bert_io.from_pretrained(path)
 
 
 def test_markers_reuse_unused_rows(minilm):
   _, _, tokenizer = minilm
-  tokenizer = bert.load_tokenizer("all-MiniLM-L6-v2")
+  tokenizer = bert_io.load_tokenizer("all-MiniLM-L6-v2")
   size = len(tokenizer)
-  markers = bert.add_marker_tokens(tokenizer, ["[Ms]", "[Me]", "[ENT]"])
+  markers = bert_io.add_marker_tokens(tokenizer, ["[Ms]", "[Me]", "[ENT]"])
   assert markers == {"[Ms]": "[unused0]", "[Me]": "[unused1]", "[ENT]": "[unused2]"}
   assert len(tokenizer) == size
   ids = tokenizer(f"a {markers['[Ms]']} b {markers['[Me]']}")["input_ids"]
@@ -200,13 +200,13 @@ def test_markers_reuse_unused_rows(minilm):
 
 def test_markers_grow_the_embedding_table(minilm):
   model, params, _ = minilm
-  tokenizer = bert.load_tokenizer("all-MiniLM-L6-v2")
-  markers = bert.add_marker_tokens(tokenizer, ["[Ms]", "[Me]", "[ENT]"], use_unused=False)
+  tokenizer = bert_io.load_tokenizer("all-MiniLM-L6-v2")
+  markers = bert_io.add_marker_tokens(tokenizer, ["[Ms]", "[Me]", "[ENT]"], use_unused=False)
   assert len(tokenizer) == 30522 + 3
   ids = tokenizer(f"x {markers['[Ms]']} y {markers['[Me]']} title {markers['[ENT]']} text",
                   return_tensors="np")
   assert {30522, 30523, 30524} <= set(ids["input_ids"][0].tolist())
-  grown = bert.grow_embeddings(params, len(tokenizer), jax.random.PRNGKey(0))
+  grown = bert_io.grow_embeddings(params, len(tokenizer), jax.random.PRNGKey(0))
   table = grown["word_embeddings"]["embedding"]
   assert table.shape == (30525, 384)
   np.testing.assert_array_equal(table[:30522], params["word_embeddings"]["embedding"])

@@ -14,7 +14,7 @@ from zel_jax.data import pipeline, zeshel
 from zel_jax.models import biencoder
 from zel_jax.recipes.blink import biencoder as trainer
 from zel_jax.training import loop
-from zel_jax.evals import linking, metrics
+from zel_jax.evals import metrics
 from zel_jax.evals import retrieval
 
 
@@ -208,7 +208,6 @@ def test_bm25_baseline_on_tiny_world(tiny, tmp_path):
 
 
 def test_link_on_the_real_excerpt(tiny, tmp_path, shared_data):
-  from zel_jax import link  # pylint: disable=g-import-not-at-top
   data, model_dir = tiny
   workdir = tmp_path / "w"
   trainer.train_and_evaluate(tiny_world.tiny_config(data, model_dir, num_train_steps=2),

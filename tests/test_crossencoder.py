@@ -228,7 +228,6 @@ def test_distillation_scores_once_and_trains(tiny, cross, tmp_path):
 
 
 def test_link_reranks_with_the_cross_encoder(tiny, cross, tmp_path):
-  from zel_jax import link  # pylint: disable=g-import-not-at-top
   from zel_jax.recipes.blink import biencoder  # pylint: disable=g-import-not-at-top
   data, model_dir, _ = tiny
   biencoder.train_and_evaluate(tiny_world.tiny_config(data, model_dir, num_train_steps=4),

@@ -5,23 +5,24 @@ import json
 import numpy as np
 import pytest
 
+from zel_jax.bench import featurize
 from zel_jax.data import features
-from zel_jax.models import bert
+from zel_jax.models import bert_io
 
 
 @pytest.fixture(scope="module")
 def feat(minilm_path):
-  return features.Featurizer(bert.load_tokenizer(minilm_path))
+  return features.Featurizer(bert_io.load_tokenizer(minilm_path))
 
 
 @pytest.fixture(scope="module")
 def feat_direct(minilm_path):
-  return features.Featurizer(bert.load_tokenizer(minilm_path), word_cache=False)
+  return features.Featurizer(bert_io.load_tokenizer(minilm_path), word_cache=False)
 
 
 @pytest.fixture(scope="module")
 def feat_grown(minilm_path):
-  return features.Featurizer(bert.load_tokenizer(minilm_path), use_unused_markers=False)
+  return features.Featurizer(bert_io.load_tokenizer(minilm_path), use_unused_markers=False)
 
 
 def _reference_mention(tok, left, mention, right, length):
@@ -232,7 +233,7 @@ def test_deterministic_and_padding(feat, minilm_path):
   rights = ["", "x y z", "q r s t u v w"]
   a = feat.mention_features(lefts, mentions, rights, 12)
   b = feat.mention_features(lefts, mentions, rights, 12)
-  other = features.Featurizer(bert.load_tokenizer(minilm_path))
+  other = features.Featurizer(bert_io.load_tokenizer(minilm_path))
   c = other.mention_features(lefts, mentions, rights, 12)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
@@ -278,8 +279,8 @@ def test_errors(feat):
 
 
 def test_throughput_reports_entities_per_second(feat, shared_data):
-  titles, texts = features._read_documents(str(shared_data / "zeshel_excerpt" / "documents"))
-  titles, texts = features.perturbed_copies(titles, texts, 2000, seed=1)
+  titles, texts = featurize._read_documents(str(shared_data / "zeshel_excerpt" / "documents"))
+  titles, texts = featurize.perturbed_copies(titles, texts, 2000, seed=1)
   assert len(set(texts)) > 1000  # Rotations make distinct descriptions.
-  result = features.entity_throughput(feat, titles, texts, 128)
+  result = featurize.entity_throughput(feat, titles, texts, 128)
   assert result["entities"] == 2000 and result["entities_per_s"] > 0

@@ -1,4 +1,4 @@
-"""The floor plan (DESIGN.md, issue #27): zel_jax's imports run only downward through its
+"""The floor plan (docs/layout.md): zel_jax's imports run only downward through its
 layers, with no cycle, counting imports made inside functions and under TYPE_CHECKING; an
 import inside a function is kept only for an optional or heavy dependency, with its reason.
 

@@ -7,14 +7,13 @@ import pytest
 
 from zel_jax import recipes
 from zel_jax.data import features, local_views
-from zel_jax.evals import linking
-from zel_jax.models import bert
+from zel_jax.models import bert_io
 from zel_jax.recipes.mvd import data as mvd_data
 
 
 @pytest.fixture(scope="module")
 def feat(minilm_path):
-  return features.Featurizer(bert.load_tokenizer(minilm_path))
+  return features.Featurizer(bert_io.load_tokenizer(minilm_path))
 
 
 def _excerpt_entities(shared_data, limit=300):
@@ -318,7 +317,6 @@ def _restored(config, workdir, side=None):
   from zel_jax.recipes.blink import biencoder as bi_trainer
   from zel_jax.recipes.blink import crossencoder as cross_trainer
   from zel_jax.training import params as params_lib
-  from zel_jax.recipes.mvd import trainer as mvd
   mesh = sharding.make_mesh(config.mesh)
   student, _ = bi_trainer.build_model(config, mesh)
   teacher, _ = cross_trainer.build_model(mvd_data.teacher_config(config), mesh)
@@ -347,18 +345,17 @@ def test_joint_training_mines_and_distills(tiny, retriever, teacher, tmp_path):
   rows, labels = np.asarray(meta["mvd_rows"]), np.asarray(meta["mvd_labels"])
   assert meta["mvd_batches"] == 8 and meta["mvd_mined_at"] == 1
   assert rows.shape == (48, 4)
-  from zel_jax.recipes.mvd import trainer as mvd
   from zel_jax.data import zeshel
-  from zel_jax.models import bert
+  from zel_jax.models import bert_io
   from zel_jax.data import features
+  from zel_jax import evaluate
   data = mvd_data.mvd_data(config, zeshel.ZeshelDataset(config.data.dir),
-                      features.Featurizer(bert.load_tokenizer(config.model.pretrained)), "train")
+                      features.Featurizer(bert_io.load_tokenizer(config.model.pretrained)), "train")
   np.testing.assert_array_equal(rows[np.arange(48), labels], data.gold)
   for row, label, gold in zip(rows, labels, data.gold):
     negatives = np.delete(row, label)
     assert gold not in negatives and len(set(negatives)) == 3
   # The CLI's evaluation of the workdir: the student under each store layout, and linking.
-  from zel_jax import evaluate, link
   local = evaluate.run(str(tmp_path), None, "test", "exact", None, None, 100, views="local")
   assert local["vectors_per_entity"] == round((16 * 3 + 40) / 56, 3)
   assert (tmp_path / "candidates" / "test.local.jsonl").exists()
@@ -399,7 +396,6 @@ def test_joint_loss_trains_the_global_view_and_aligns_local_views(tiny):
   from zel_jax.recipes.mvd import multiview
   from zel_jax.recipes.blink import biencoder as bi_trainer
   from zel_jax.recipes.blink import crossencoder as cross_trainer
-  from zel_jax.training import loop
   from zel_jax.training import params as params_lib
   from zel_jax.recipes.mvd import trainer as mvd
   data, bert_dir = tiny

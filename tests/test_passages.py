@@ -9,7 +9,7 @@ import pytest
 from test_dictd import ENTRIES, write_database
 from zel_jax.data import documents, features, foldoc, zeshel
 from zel_jax.recipes.entqa import passages as passages_lib
-from zel_jax.models import bert
+from zel_jax.models import bert_io
 
 # 24 words that are one wordpiece each (checked in _single_pieces), so token = word index.
 WORDS = ("the cat sat on a mat and then it ran to the big red house near our old green tree "
@@ -18,7 +18,7 @@ WORDS = ("the cat sat on a mat and then it ran to the big red house near our old
 
 @pytest.fixture(scope="module")
 def feat(minilm_path):
-  return features.Featurizer(bert.load_tokenizer(minilm_path))
+  return features.Featurizer(bert_io.load_tokenizer(minilm_path))
 
 
 def _encode(feat, text):

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from zel_jax.configs import common
 from zel_jax import sharding
-from zel_jax.models import bert
+from zel_jax.models import bert, bert_io
 
 RULES = [tuple(r) for r in common.LOGICAL_RULES]
 
@@ -72,7 +72,7 @@ def test_sharded_init_never_builds_on_one_device():
 
 @pytest.fixture(scope="module")
 def minilm_inputs():
-  tokenizer = bert.load_tokenizer("all-MiniLM-L6-v2")
+  tokenizer = bert_io.load_tokenizer("all-MiniLM-L6-v2")
   texts = ["Baibars besieged Antioch in 1268.", "FOLDOC", "a free dictionary of computing",
            "Mamluk", "x", "The Doctor travels in the TARDIS with companions.",
            "Ophidian wrestled Amasis", "Mistfall"]
@@ -85,14 +85,14 @@ def minilm_inputs():
                          ids=["data4xfsdp2", "fsdp8"])
 def test_sharded_forward_equals_single_device(mesh_axes, minilm_path, minilm_inputs):
   ids, mask = minilm_inputs
-  model, params = bert.from_pretrained(minilm_path)
+  model, params = bert_io.from_pretrained(minilm_path)
   single = np.asarray(jax.jit(model.apply)({"params": params}, ids, mask))
 
   mesh = sharding.make_mesh(mesh_axes)
   abstract = bert.abstract_params(model)
   specs = sharding.param_specs(abstract, mesh, RULES)
   print(f"parameter specs on {dict(mesh.shape)}:\n" + sharding.spec_table(abstract, specs))
-  sharded_params = bert.load_params(minilm_path, model, sharding.to_shardings(specs, mesh))
+  sharded_params = bert_io.load_params(minilm_path, model, sharding.to_shardings(specs, mesh))
   kernel = sharded_params["layer_0"]["intermediate"]["kernel"]
   fsdp = mesh.shape["fsdp"]
   assert kernel.sharding.spec == P("fsdp", None)

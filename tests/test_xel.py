@@ -14,6 +14,7 @@ from test_dictd import b64
 import tiny_world
 from zel_jax import losses, sharding
 from zel_jax.data import crosslang
+from zel_jax.data.crosslang import cli, freedict, reference
 from zel_jax.recipes.xel import model as xel_model
 from zel_jax.recipes.xel import trainer as xel_trainer
 from zel_jax.recipes.xel import features as xel_features
@@ -198,21 +199,21 @@ def dictd_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def xel_data(dictd_dirs, tmp_path_factory):
   out = tmp_path_factory.mktemp("xel") / "data"
-  stats = crosslang.build(str(dictd_dirs / "fd"), str(dictd_dirs / "wn"), ["de", "fr"],
+  stats = freedict.build(str(dictd_dirs / "fd"), str(dictd_dirs / "wn"), ["de", "fr"],
                           str(out), max_mentions=100, nil_share=0.5, kb_size=14,
                           split_shares=(0.6, 0.2))
   return out, stats
 
 
 def test_freedict_entry_parsing():
-  assert crosslang.freedict_translations("Hund <n>\n1. dog 2. hound\n   Synonyms: {Köter}\n") \
+  assert freedict.freedict_translations("Hund <n>\n1. dog 2. hound\n   Synonyms: {Köter}\n") \
       == ["dog", "hound"]
-  assert crosslang.freedict_translations("Baum <n>\n[bot.] tree <n>, shrub (small)\n\n see: "
+  assert freedict.freedict_translations("Baum <n>\n[bot.] tree <n>, shrub (small)\n\n see: "
                                          "{x}\n") == ["tree", "shrub"]
-  assert crosslang.freedict_pos("Haus /haʊs/ <n, neut, sg>\nhouse\n") == "n"
-  assert crosslang.freedict_pos("laufen <vi>\nto run\n") == "v"
-  assert crosslang.freedict_pos("bof\nmeh\n") == ""
-  assert crosslang.freedict_headword("Haus /haʊs/ <n>\nhouse\n", "haus") == "Haus"
+  assert freedict.freedict_pos("Haus /haʊs/ <n, neut, sg>\nhouse\n") == "n"
+  assert freedict.freedict_pos("laufen <vi>\nto run\n") == "v"
+  assert freedict.freedict_pos("bof\nmeh\n") == ""
+  assert freedict.freedict_headword("Haus /haʊs/ <n>\nhouse\n", "haus") == "Haus"
 
 
 def test_build_links_nil_and_skips_ambiguous(xel_data):
@@ -265,13 +266,13 @@ def test_reads_tac_kbp_layout(tmp_path):
   tab.write_text(f"sys\tQ1\tObama\tSPA_NW_001:{start}-{start + 4}\tm.02mjmr\tPER\tNAM\t1.0\n"
                  f"sys\tQ2\tMadrid\tSPA_NW_001:{text.index('Madrid')}-"
                  f"{text.index('Madrid') + 5}\tNIL0001\tGPE\tNAM\t1.0\n", encoding="utf-8")
-  mentions = crosslang.read_tac_kbp(tab, tmp_path / "SPA")
+  mentions = reference.read_tac_kbp(tab, tmp_path / "SPA")
   assert [(m.id, m.text, m.label, m.language, m.type) for m in mentions] == [
       ("Q1", "Obama", "m.02mjmr", "spa", "PER"), ("Q2", "Madrid", crosslang.NIL, "spa", "GPE")]
   bad = tmp_path / "bad.tab"
   bad.write_text("sys\tQ1\tObama\tSPA_NW_001:0-4\tm.1\tPER\n", encoding="utf-8")
   with pytest.raises(crosslang.CrossLangFormatError, match="bad.tab:1: field 'mention_string'"):
-    crosslang.read_tac_kbp(bad, tmp_path / "SPA")
+    reference.read_tac_kbp(bad, tmp_path / "SPA")
 
 
 def test_reads_wiki_pickle_layout(tmp_path):
@@ -292,11 +293,11 @@ def test_reads_wiki_pickle_layout(tmp_path):
   }
   path = tmp_path / "wiki_de.pkl"
   path.write_bytes(pickle.dumps(data))
-  kb, mentions = crosslang.read_wiki_pickle(path, "de")
+  kb, mentions = reference.read_wiki_pickle(path, "de")
   assert [(e.id, e.name, e.types) for e in kb] == [("17", "Berlin", ("City",))]
   assert [(m.text, m.label) for m in mentions] == [("Berlin", "17"), ("Spree", crosslang.NIL)]
   # The CLI writes them in this layout, readable by the trainer's reader.
-  assert crosslang.main(["--wiki_pickle", str(path), "--languages", "de",
+  assert cli.main(["--wiki_pickle", str(path), "--languages", "de",
                          "--out", str(tmp_path / "out")]) == 0
   written = [m for split in crosslang.SPLITS for m in crosslang.read_mentions(
       crosslang.mentions_path(tmp_path / "out", "de", split), {"17"})]

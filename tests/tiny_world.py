@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 from safetensors.numpy import save_file
 
-from zel_jax.models import bert
+from zel_jax.models import bert_io
 
 TOPICS = ["kernel", "compiler", "parser", "router", "database", "scheduler", "cache", "socket",
           "thread", "buffer", "linker", "shell", "editor", "network", "protocol", "server"]
@@ -60,7 +60,7 @@ def write_world(root: pathlib.Path, world: str = "computing", mentions_per_split
 def write_tiny_bert(directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
   """A randomly initialized 2-layer BERT in Hugging Face layout, with MiniLM's tokenizer."""
   directory.mkdir(parents=True, exist_ok=True)
-  source = bert.resolve_pretrained("all-MiniLM-L6-v2")
+  source = bert_io.resolve_pretrained("all-MiniLM-L6-v2")
   for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json"):
     if os.path.exists(os.path.join(source, name)):

@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
+import orbax.checkpoint as ocp
 
 META = "meta"
 

@@ -15,29 +15,29 @@ from typing import Sequence
 
 from absl import app, flags, logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import config_flags
+import numpy as np
 
 from zel_jax import configs, sharding
-from zel_jax.models import bert
+from zel_jax.models import bert, bert_io
 from zel_jax.models.biencoder import pool
-from jax.experimental import multihost_utils
 
 
 def load_encoder(config, mesh):
   """(model, params placed on the mesh, tokenizer) from config.model."""
   cfg = config.model
-  path = bert.resolve_pretrained(cfg.pretrained)
+  path = bert_io.resolve_pretrained(cfg.pretrained)
   model = bert.BertModel(
-      bert.load_config(path).replace(hidden_dropout=cfg.hidden_dropout,
+      bert_io.load_config(path).replace(hidden_dropout=cfg.hidden_dropout,
                                      attention_dropout=cfg.attention_dropout),
       dtype=jnp.dtype(cfg.dtype), remat=cfg.remat or None,
       activation_sharding=sharding.activation_sharding(mesh, config.sharding.batch_axes))
   specs = sharding.param_specs(bert.abstract_params(model), mesh,
                                config.sharding.logical_rules, config.sharding.param_rules)
-  params = bert.load_params(path, model, shardings=sharding.to_shardings(specs, mesh))
-  return model, params, bert.load_tokenizer(path)
+  params = bert_io.load_params(path, model, shardings=sharding.to_shardings(specs, mesh))
+  return model, params, bert_io.load_tokenizer(path)
 
 
 def embed_texts(texts: Sequence[str], model, params, tokenizer, mesh, config) -> np.ndarray:

@@ -4,14 +4,14 @@ file in the workdir, one object per logged step; only process 0 writes."""
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import math
 import os
 from typing import Any, Mapping
 
+from absl import logging as absl_logging
 import jax
 import numpy as np
-from absl import logging as absl_logging
-import logging as pylogging
 from tensorboardX import SummaryWriter
 
 

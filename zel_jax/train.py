@@ -14,8 +14,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from zel_jax import configs, metric_writer, recipes, sharding
-from zel_jax import workdir_io
+from zel_jax import configs, metric_writer, recipes, sharding, workdir_io
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/blink_biencoder.py:runlocal.",

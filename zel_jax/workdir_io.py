@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 CONFIG_FILE = "config.json"
 

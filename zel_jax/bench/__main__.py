@@ -3,25 +3,23 @@ zel_jax/bench/__init__.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import importlib.util
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
+import jax
 import numpy as np
 
 from zel_jax import configs, sharding
-from zel_jax.data import foldoc
-from zel_jax.bench import memory, steps
-from zel_jax.bench.index import (bench_device, bench_faiss_flat, bench_faiss_hnsw, bench_scann,
-                                 clustered_embeddings, qps_of, result_row, timed)
-from zel_jax.data import worlds
-from zel_jax.bench import zeroshot, zeroshot_report
-import dataclasses
-import jax
-import importlib.util
+from zel_jax.bench import memory, steps, zeroshot, zeroshot_report
+from zel_jax.bench.index import bench_device, bench_faiss_flat, bench_faiss_hnsw, bench_scann
+from zel_jax.bench.index import clustered_embeddings, qps_of, result_row, timed
+from zel_jax.data import foldoc, worlds
 from zel_jax.index.numpy_store import exact_search
 
 FLAGS = flags.FLAGS

@@ -9,9 +9,10 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-import numpy as np
-from zel_jax.index.device_store import DeviceStore
 import jax
+import numpy as np
+
+from zel_jax.index.device_store import DeviceStore
 
 
 # ----------------------------------------------------------------------------- data

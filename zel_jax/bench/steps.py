@@ -17,7 +17,7 @@ from zel_jax.configs import mvd as mvd_config
 from zel_jax.data import examples, zeshel
 from zel_jax.data import features as features_lib
 from zel_jax.evals import inference
-from zel_jax.models import bert, biencoder, crossencoder
+from zel_jax.models import bert_io, biencoder, crossencoder
 from zel_jax.recipes.blink import biencoder as bi_trainer
 from zel_jax.recipes.blink import crossencoder as cross_trainer
 from zel_jax.recipes.mvd import data as mvd_data
@@ -232,7 +232,7 @@ def _time_steps(step, state, seconds: float, warmup: int = 2) -> float:
 
 
 def _resolve(model_name: str) -> str:
-  return bert.resolve_pretrained(model_name)
+  return bert_io.resolve_pretrained(model_name)
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,8 +250,8 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
   config.data.entity_length = length
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = bi_trainer.build_model(config, mesh)
-  params = bi_trainer.pretrained_params(config, model, bi_trainer.param_shardings(config, model, mesh),
-                                     jax.random.PRNGKey(0))
+  params = bi_trainer.pretrained_params(
+      config, model, bi_trainer.param_shardings(config, model, mesh), jax.random.PRNGKey(0))
   _, encode_entities = inference.encoders(model)
   # Compile every bucket shape once outside the timing: a KB pass runs long enough in
   # practice that compilation is amortized; it is reported separately.
@@ -323,8 +323,8 @@ def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: 
   config.model.pretrained = model_name
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = cross_trainer.build_model(config, mesh)
-  params = cross_trainer.pretrained_params(config, model, cross_trainer.param_shardings(config, model, mesh),
-                                     jax.random.PRNGKey(0))
+  params = cross_trainer.pretrained_params(
+      config, model, cross_trainer.param_shardings(config, model, mesh), jax.random.PRNGKey(0))
   dataset = zeshel.ZeshelDataset(data)
   world = "foldoc" if "foldoc" in dataset.worlds() else dataset.worlds()[0]
   entities = examples.world_entities(dataset, world, featurizer, config.data.entity_length)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import pathlib
@@ -25,11 +26,9 @@ import sys
 import time
 from typing import Any
 
-from zel_jax import configs
+from zel_jax import configs, workdir_io
 from zel_jax.data import zeshel
 from zel_jax.evals import retrieval
-from zel_jax import workdir_io
-import importlib
 
 CONFIG_DIR = pathlib.Path(configs.__file__).resolve().parent
 DONE = "bench_done.json"

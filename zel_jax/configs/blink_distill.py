@@ -15,8 +15,7 @@ pooling and towers are the bi-encoder's, and the workdir evaluates and links as 
 
 import ml_collections
 
-from zel_jax.configs import blink_biencoder
-from zel_jax.configs import common
+from zel_jax.configs import blink_biencoder, common
 
 
 def get_config(arg=None):

@@ -21,8 +21,7 @@ are its Table 2 (recall@k against BLINK's bi-encoder, whose recall@64 is 82.06) 
 
 import ml_collections
 
-from zel_jax.configs import blink_biencoder
-from zel_jax.configs import etzel_typing
+from zel_jax.configs import blink_biencoder, etzel_typing
 
 
 def get_config(arg=None):

@@ -35,8 +35,7 @@ its warm-up retriever (the authors' repository README; Table 1 of the paper).
 
 import ml_collections
 
-from zel_jax.configs import blink_biencoder
-from zel_jax.configs import common
+from zel_jax.configs import blink_biencoder, common
 
 STAGES = ("retriever", "teacher", "joint")
 

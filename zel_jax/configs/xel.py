@@ -86,7 +86,8 @@ def get_config(arg=None):
   config.grad_accum_steps = 1
   config.num_epochs = 800
   config.num_train_steps = -1
-  config.optimizer = common.optimizer(learning_rate=1e-4, warmup_fraction=0.0, weight_decay=0.0, max_grad_norm=0.0)
+  config.optimizer = common.optimizer(learning_rate=1e-4, warmup_fraction=0.0,
+                                      weight_decay=0.0, max_grad_norm=0.0)
 
   common.checkpoints(config, log_every=100, checkpoint_every=2000, keep=3)
   config.init_from = ""

@@ -21,8 +21,8 @@ import os
 import pathlib
 import re
 import struct
-import zlib
 from typing import Callable, Iterator, Sequence
+import zlib
 
 from zel_jax.data import zeshel
 

@@ -23,8 +23,7 @@ import re
 import sys
 from typing import Collection, Iterable, Sequence
 
-from zel_jax.data import foldoc
-from zel_jax.data import zeshel
+from zel_jax.data import foldoc, zeshel
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,17 +48,14 @@ and `zel_jax.data.local_views`.
 
 from __future__ import annotations
 
-import argparse
-import glob
 import itertools
 import json
-import os
-import time
 from typing import Iterable, Sequence
 
 import numpy as np
-from zel_jax.models import bert
 from tokenizers import Tokenizer
+
+from zel_jax.models import bert_io
 
 MENTION_START = "[Ms]"
 MENTION_END = "[Me]"
@@ -73,13 +70,14 @@ _CHUNK = 16384
 class Featurizer:
   """Turns strings into BLINK-format input_ids / attention_mask arrays.
 
-  Registers the three markers on `tokenizer` (bert.add_marker_tokens). Not thread-safe: one
+  Registers the three markers on `tokenizer` (bert_io.add_marker_tokens). Not thread-safe: one
   private copy of the Rust tokenizer is reconfigured (truncation direction) per call.
   """
 
   def __init__(self, tokenizer, *, use_unused_markers: bool = True, word_cache: bool = True):
     self.tokenizer = tokenizer
-    self.marker_tokens = bert.add_marker_tokens(tokenizer, MARKERS, use_unused=use_unused_markers)
+    self.marker_tokens = bert_io.add_marker_tokens(tokenizer, MARKERS,
+                                                   use_unused=use_unused_markers)
     ids = tokenizer.convert_tokens_to_ids([self.marker_tokens[m] for m in MARKERS])
     self.mention_start_id, self.mention_end_id, self.entity_title_id = (int(i) for i in ids)
     self.cls_id = int(tokenizer.cls_token_id)
@@ -93,7 +91,7 @@ class Featurizer:
 
   @classmethod
   def from_pretrained(cls, name_or_path: str, **kwargs) -> "Featurizer":
-    return cls(bert.load_tokenizer(name_or_path), **kwargs)
+    return cls(bert_io.load_tokenizer(name_or_path), **kwargs)
 
   @property
   def vocab_size(self) -> int:
@@ -500,76 +498,3 @@ def cross_features(mention_ids: np.ndarray, mention_mask: np.ndarray, entity_ids
   out["token_type_ids"] = ((cols >= m_len_pairs[:, None]) &
                            (out["attention_mask"] > 0)).astype(np.int32)
   return {name: v.reshape(b, k, length) for name, v in out.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# Throughput.
-
-
-def perturbed_copies(titles: Sequence[str], texts: Sequence[str], n: int, seed: int = 0
-                     ) -> tuple[list[str], list[str]]:
-  """n entities made from real ones for benchmarks: entity i is a real description rotated
-  by a random number of words (so each starts in a different place and has its own length
-  profile) under its title plus a number, keeping the corpus's word statistics."""
-  rng = np.random.default_rng(seed)
-  words = [t.split(" ") for t in texts]
-  pick = rng.integers(0, len(texts), n)
-  shift = rng.random(n)
-  out_titles, out_texts = [], []
-  for i, (j, s) in enumerate(zip(pick, shift)):
-    w = words[j]
-    k = int(s * len(w))
-    out_titles.append(f"{titles[j]} {i}")
-    out_texts.append(" ".join(w[k:] + w[:k]))
-  return out_titles, out_texts
-
-
-def entity_throughput(featurizer: Featurizer, titles: Sequence[str], descriptions: Sequence[str],
-                      max_length: int = 128) -> dict[str, float]:
-  """Times entity_features over all entities: {entities, seconds, entities_per_s}."""
-  start = time.perf_counter()
-  featurizer.entity_features(titles, descriptions, max_length)
-  seconds = time.perf_counter() - start
-  return {"entities": len(descriptions), "seconds": seconds,
-          "entities_per_s": len(descriptions) / seconds}
-
-
-def _read_documents(path: str) -> tuple[list[str], list[str]]:
-  files = sorted(glob.glob(os.path.join(path, "*.json"))) if os.path.isdir(path) else [path]
-  titles, texts = [], []
-  for name in files:
-    with open(name, encoding="utf-8") as f:
-      for line in f:
-        if line.strip():
-          doc = json.loads(line)
-          titles.append(doc["title"])
-          texts.append(doc["text"])
-  return titles, texts
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      description="Entity-format tokenization throughput over ZESHEL-layout documents.")
-  parser.add_argument("--documents", required=True,
-                      help="a documents/<world>.json file or a folder of them")
-  parser.add_argument("--num", type=int, default=0,
-                      help="entities to make by perturbing the real ones (0: the real ones)")
-  parser.add_argument("--max_length", type=int, default=128)
-  parser.add_argument("--tokenizer", default="all-MiniLM-L6-v2")
-  parser.add_argument("--grow_vocab", action="store_true",
-                      help="append the markers to the vocabulary instead of [unusedN]")
-  parser.add_argument("--direct", action="store_true",
-                      help="tokenize whole texts instead of distinct words")
-  args = parser.parse_args(argv)
-  titles, texts = _read_documents(args.documents)
-  if args.num:
-    titles, texts = perturbed_copies(titles, texts, args.num)
-  featurizer = Featurizer.from_pretrained(args.tokenizer, use_unused_markers=not args.grow_vocab,
-                                          word_cache=not args.direct)
-  result = entity_throughput(featurizer, titles, texts, args.max_length)
-  print(json.dumps({**result, "max_length": args.max_length, "word_cache": featurizer.word_cache,
-                    "documents": args.documents}))
-
-
-if __name__ == "__main__":
-  main()

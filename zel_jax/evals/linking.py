@@ -18,8 +18,7 @@ from zel_jax import index as index_lib
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import zeshel
-from zel_jax.evals import inference
-from zel_jax.evals import retrieval
+from zel_jax.evals import inference, retrieval
 
 
 @dataclasses.dataclass

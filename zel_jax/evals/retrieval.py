@@ -14,8 +14,7 @@ import numpy as np
 
 from zel_jax import index as index_lib
 from zel_jax.data import examples as examples_lib
-from zel_jax.data import local_views
-from zel_jax.data import zeshel
+from zel_jax.data import local_views, zeshel
 from zel_jax.evals.inference import embed_rows, encoders
 from zel_jax.evals.metrics import gold_ranks, recall_report
 from zel_jax.index import views as views_lib

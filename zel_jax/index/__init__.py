@@ -22,13 +22,13 @@ __all__ = ["CandidateStore", "NumpyStore", "ScannStore", "DeviceStore", "load_st
 def store_class(kind: str) -> type[CandidateStore]:
   """The store class for a kind name: "numpy", "scann" or "device"."""
   if kind == "numpy":
-    from zel_jax.index.numpy_store import NumpyStore  # lazy: `import zel_jax.index` pulls in neither ScaNN nor JAX
+    from zel_jax.index.numpy_store import NumpyStore  # lazy: no JAX/ScaNN on import
     return NumpyStore
   if kind == "scann":
-    from zel_jax.index.scann_store import ScannStore  # lazy: ScaNN is optional
+    from zel_jax.index.scann_store import ScannStore  # lazy: no JAX/ScaNN on import
     return ScannStore
   if kind == "device":
-    from zel_jax.index.device_store import DeviceStore  # lazy: `import zel_jax.index` pulls in no JAX
+    from zel_jax.index.device_store import DeviceStore  # lazy: no JAX/ScaNN on import
     return DeviceStore
   raise ValueError(f"unknown candidate store kind {kind!r}; known: numpy, scann, device")
 

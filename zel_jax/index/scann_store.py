@@ -95,7 +95,7 @@ def resolve_config(n: int, config: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _scann():
   try:
-    from scann.scann_ops.py import scann_ops_pybind  # lazy: ScaNN is optional (Linux x86-64 wheels only)
+    from scann.scann_ops.py import scann_ops_pybind  # lazy: optional
   except ImportError as e:  # The wheel exists for x86-64 Linux only.
     raise ImportError("ScannStore needs the `scann` package (pip install scann; x86-64 "
                       "Linux with AVX2)") from e

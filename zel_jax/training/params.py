@@ -41,3 +41,10 @@ def restore_params(workdir: str, abstract, shardings, step: int | None = None):
   finally:
     ckpt.close()
   return items["params"], meta["step"]
+
+
+def init_params(model, shardings, rng, *example_inputs):
+  """model.init's parameters (unboxed), created straight into their shardings (jit with
+  out_shardings): no full copy is ever materialized on one device."""
+  init = lambda r: nn.unbox(model.init(r, *example_inputs)["params"])
+  return jax.jit(init, out_shardings=shardings)(rng)

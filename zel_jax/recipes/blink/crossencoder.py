@@ -14,25 +14,20 @@ import time
 from typing import Any
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import losses, sharding
+from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
 from zel_jax.data import zeshel
-from zel_jax.models import crossencoder
+from zel_jax.evals import base as evals_base
+from zel_jax.evals import inference, metrics, retrieval
+from zel_jax.models import crossencoder, pretrained
 from zel_jax.training import loop
 from zel_jax.training import params as params_lib
-from zel_jax.models import pretrained
-from zel_jax import workdir_io
-from zel_jax.evals import base as evals_base
-from zel_jax.evals import metrics
-from zel_jax.evals import inference
-from zel_jax.evals import retrieval
 
 
 # ------------------------------------------------------------------------------------------
@@ -53,8 +48,7 @@ def param_shardings(config, model, mesh, log: bool = False):
 
 def random_params(model, shardings, rng):
   ids = jnp.zeros((1, 1), jnp.int32)
-  init = lambda r: nn.unbox(model.init(r, ids, ids, ids)["params"])
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return params_lib.init_params(model, shardings, rng, ids, ids, ids)
 
 
 def pretrained_params(config, model, shardings, rng):

@@ -22,16 +22,15 @@ from absl import logging
 import jax
 import numpy as np
 
-from zel_jax import losses, sharding
+from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import zeshel
+from zel_jax.evals import base as evals_base
 from zel_jax.models import biencoder
 from zel_jax.recipes.blink import biencoder as bi_trainer
 from zel_jax.recipes.blink import crossencoder as cross_trainer
-from zel_jax.training import loop
-from zel_jax import workdir_io
-from zel_jax.evals import base as evals_base
 from zel_jax.recipes.blink import evaluators
+from zel_jax.training import loop
 
 TEACHER_SCORES = "teacher_scores.npz"
 

@@ -16,10 +16,8 @@ import numpy as np
 
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import examples as examples_lib
-from zel_jax.data import local_views
-from zel_jax.data import zeshel
-from zel_jax.evals import inference
-from zel_jax.evals import retrieval
+from zel_jax.data import local_views, zeshel
+from zel_jax.evals import inference, retrieval
 from zel_jax.recipes.entqa import passages as passages_lib
 
 
@@ -197,8 +195,8 @@ def retrieve(model, params, pset: PassageSet, table: EntityTable, config, mesh, 
   return rows, scores
 
 
-def recall_report(rows: np.ndarray, golds: Sequence[np.ndarray], ks: Sequence[int] = KS
-                  ) -> dict[str, Any]:
+def passage_recall_report(rows: np.ndarray, golds: Sequence[np.ndarray],
+                          ks: Sequence[int] = KS) -> dict[str, Any]:
   """Passage recall@k (all golds of a passage in its top k, over passages with a gold) and
   micro recall@k over (passage, gold) pairs, in percent."""
   has = [p for p, g in enumerate(golds) if len(g)]
@@ -218,8 +216,8 @@ def candidates_path(workdir: str, split: str) -> str:
   return os.path.join(workdir, "candidates", f"passages_{split}.jsonl")
 
 
-def write_candidates(path: str, pset: PassageSet, table: EntityTable, rows: np.ndarray,
-                     scores: np.ndarray) -> None:
+def write_passage_candidates(path: str, pset: PassageSet, table: EntityTable,
+                             rows: np.ndarray, scores: np.ndarray) -> None:
   """JSON lines {document_id, world, token_start, candidates, scores}, atomically."""
   if jax.process_index() != 0:
     return
@@ -280,10 +278,10 @@ def evaluate_passages(model, params, pset: PassageSet, table: EntityTable, confi
   t0 = time.time()
   rows, scores = retrieve(model, params, pset, table, config, mesh, top_k, vector_cache,
                           desc=f"{split} passages")
-  report = recall_report(rows, pset.golds)
+  report = passage_recall_report(rows, pset.golds)
   report.update(split=split, passages=len(pset), documents=pset.counts["documents"],
                 seconds=round(time.time() - t0, 1))
   if path:
-    write_candidates(path, pset, table, rows, scores)
+    write_passage_candidates(path, pset, table, rows, scores)
     report["candidates"] = path
   return report

@@ -20,22 +20,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import sharding
+from zel_jax import sharding, workdir_io
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
-from zel_jax.recipes.entqa import passages as passages_lib
 from zel_jax.data import zeshel
+from zel_jax.evals import inference
+from zel_jax.models import pretrained
 from zel_jax.recipes.entqa import model as entqa
 from zel_jax.recipes.entqa import passage_retrieval
+from zel_jax.recipes.entqa import passages as passages_lib
 from zel_jax.training import params as params_lib
-from zel_jax.models import pretrained
-from zel_jax import workdir_io
-from zel_jax.evals import inference
 
 # ------------------------------------------------------------------------------------------
 # Model and parameters.
@@ -55,8 +53,7 @@ def param_shardings(config, model, mesh, log: bool = False):
 
 def random_params(model, shardings, rng):
   ids = jnp.zeros((1, 1), jnp.int32)
-  init = lambda r: nn.unbox(model.init(r, ids, ids, ids, 0)["params"])
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return params_lib.init_params(model, shardings, rng, ids, ids, ids, 0)
 
 
 def pretrained_params(config, model, shardings, rng):

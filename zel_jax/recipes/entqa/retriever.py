@@ -132,7 +132,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   t0 = time.time()
   docs = passage_retrieval.split_documents(config, dataset, config.data.train_split)
   worlds = [dataset.world_of(d.doc_id) for d in docs]
-  table = passage_retrieval.entity_table(dataset, set(worlds), featurizer, int(config.data.entity_length))
+  table = passage_retrieval.entity_table(dataset, set(worlds), featurizer,
+                                         int(config.data.entity_length))
   everything = passage_retrieval.passage_set(config, dataset, featurizer, docs, table, worlds)
   with_gold = np.flatnonzero([len(g) > 0 for g in everything.golds])
   train = passage_retrieval.subset(everything, with_gold[examples_lib.fixed_subset(

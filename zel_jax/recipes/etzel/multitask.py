@@ -18,17 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import losses, sharding
-from zel_jax.recipes.etzel import types as typing_data
+from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import zeshel
-from zel_jax.models import biencoder
-from zel_jax.recipes.etzel import typing_model
-from zel_jax.recipes.blink import biencoder as biencoder_trainer
-from zel_jax.training import loop
-from zel_jax.models import pretrained
-from zel_jax import workdir_io
 from zel_jax.evals import base as evals_base
+from zel_jax.models import biencoder, pretrained
+from zel_jax.recipes.blink import biencoder as biencoder_trainer
 from zel_jax.recipes.blink import evaluators
+from zel_jax.recipes.etzel import types as typing_data
+from zel_jax.recipes.etzel import typing_model
+from zel_jax.training import loop
 
 
 def build_model(config, mesh):

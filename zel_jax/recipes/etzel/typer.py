@@ -14,22 +14,19 @@ import time
 from typing import Any, Iterator, Sequence
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import losses, sharding
-from zel_jax.recipes.etzel import types as typing_data
+from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import zeshel
-from zel_jax.models import bert
+from zel_jax.evals import base as evals_base
+from zel_jax.evals import inference, metrics
+from zel_jax.models import bert, pretrained
+from zel_jax.recipes.etzel import types as typing_data
 from zel_jax.recipes.etzel import typing_model
 from zel_jax.training import loop
 from zel_jax.training import params as params_lib
-from zel_jax.models import pretrained
-from zel_jax import workdir_io
-from zel_jax.evals import base as evals_base
-from zel_jax.evals import inference, metrics
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -54,8 +51,7 @@ def param_shardings(config, model, mesh, log: bool = False):
 
 def random_params(model, shardings, rng):
   ids = jnp.zeros((1, 1), jnp.int32)
-  init = lambda r: nn.unbox(model.init(r, ids, ids)["params"])
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return params_lib.init_params(model, shardings, rng, ids, ids)
 
 
 def type_embeddings(model, encoder_params, featurizer, vocabulary, config, mesh) -> np.ndarray:

@@ -14,9 +14,7 @@ import pathlib
 import re
 from typing import Iterable, Iterator, Sequence
 
-from zel_jax.data import zeshel
-from zel_jax.data import local_views
-from zel_jax.data import dictd
+from zel_jax.data import dictd, local_views, zeshel
 
 
 @dataclasses.dataclass(frozen=True)

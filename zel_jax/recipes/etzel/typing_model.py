@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax.models import bert
-from zel_jax.models import biencoder
+from zel_jax.models import bert, biencoder
 
 
 def label_wise_logits(type_embeddings: jax.Array, hidden: jax.Array, mask: jax.Array,

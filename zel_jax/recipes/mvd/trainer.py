@@ -45,8 +45,7 @@ from zel_jax.models import biencoder, crossencoder, pretrained
 from zel_jax.recipes.blink import biencoder as bi_trainer
 from zel_jax.recipes.blink import crossencoder as cross_trainer
 from zel_jax.recipes.mvd import data as data_lib
-from zel_jax.recipes.mvd import evaluators
-from zel_jax.recipes.mvd import multiview
+from zel_jax.recipes.mvd import evaluators, multiview
 from zel_jax.training import loop
 from zel_jax.training import params as params_lib
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from zel_jax import sharding
 from zel_jax.data import crosslang
-from zel_jax.models import bert
 from zel_jax.evals import inference
+from zel_jax.models import bert, bert_io
 from zel_jax.recipes.xel.data import XelData
 
 FEATURES_DIR = "features"
@@ -33,15 +33,15 @@ class Encoder:
 
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
-    path = bert.resolve_pretrained(config.model.pretrained)
-    bert_config = bert.load_config(path)
-    self.tokenizer = bert.load_tokenizer(path)
+    path = bert_io.resolve_pretrained(config.model.pretrained)
+    bert_config = bert_io.load_config(path)
+    self.tokenizer = bert_io.load_tokenizer(path)
     self.full = bert.BertModel(bert_config, dtype=jnp.dtype(config.model.dtype))
     # The first name_layer layers alone: layer 0 is the embedding output. Flax reads only
     # the parameters a module uses, so both share one parameter tree.
     self.low = bert.BertModel(bert_config.replace(num_layers=int(config.model.name_layer)),
                               dtype=jnp.dtype(config.model.dtype))
-    self.params = jax.device_put(bert.load_params(path, self.full),
+    self.params = jax.device_put(bert_io.load_params(path, self.full),
                                  jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     pooling = config.model.context_pooling
 

@@ -35,18 +35,16 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from zel_jax import losses, sharding
+from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import crosslang
+from zel_jax.evals import base as evals_base
+from zel_jax.evals import inference, retrieval
 from zel_jax.recipes.xel import model as xel_model
-from zel_jax.training import loop
-from zel_jax.training import params as params_lib
-from zel_jax import workdir_io
+from zel_jax.recipes.xel import nil
 from zel_jax.recipes.xel.data import XelData
 from zel_jax.recipes.xel.features import Features, cached, pair_similarity
-from zel_jax.recipes.xel import nil
-from zel_jax.evals import base as evals_base
-from zel_jax.evals import inference
-from zel_jax.evals import retrieval
+from zel_jax.training import loop
+from zel_jax.training import params as params_lib
 
 THRESHOLDS_FILE = "nil_thresholds.json"
 
