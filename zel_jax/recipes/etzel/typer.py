@@ -388,7 +388,7 @@ def run_eval(workdir: str, config, data: str, split: str) -> dict[str, Any]:
   model, featurizer, vocabulary = build_model(config, mesh)
   params, step = restore_params(workdir, config, model, mesh)
   dataset = zeshel.ZeshelDataset(data)
-  report = evaluate_typing(model, params, typing_set(config, dataset, split, featurizer,
-                                                     vocabulary, {}), config, mesh, vocabulary)
+  evaluator = typing_evaluator(config, model, featurizer, vocabulary, mesh, dataset, {})
+  report = evaluator.evaluate_split(params, split)
   report["step"] = int(step)
   return report

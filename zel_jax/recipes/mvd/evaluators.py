@@ -90,9 +90,10 @@ def run_teacher_eval(workdir: str, config, data: str, split: str) -> dict[str, A
   """zel_jax.evaluate on a teacher-stage workdir."""
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = cross_trainer.build_model(data_lib.teacher_config(config), mesh)
-  params, step = cross_trainer.restore_params(workdir, data_lib.teacher_config(config), model, mesh)
-  report = evaluate_teacher(config, zeshel.ZeshelDataset(data), featurizer, model, params,
-                            split, mesh)
+  params, step = cross_trainer.restore_params(workdir, data_lib.teacher_config(config), model,
+                                              mesh)
+  evaluator = teacher_evaluator(config, featurizer, model, mesh, zeshel.ZeshelDataset(data))
+  report = evaluator.evaluate_split(params, split)
   report["step"] = int(step)
   return report
 

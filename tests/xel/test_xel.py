@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_dictd import b64
+from dictd_fixture import b64
 import tiny_world
 from zel_jax import losses, sharding
 from zel_jax.data import crosslang

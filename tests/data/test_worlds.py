@@ -1,5 +1,5 @@
 """The benchmark's shared writer, the dictd builder and the assembled world-disjoint splits,
-on real excerpts of the Debian packages (tests/data/worlds/<package>/, paths as packaged)."""
+on real excerpts of the Debian packages (tests/fixtures/worlds/<package>/, paths as packaged)."""
 
 import json
 import pathlib
@@ -11,7 +11,7 @@ from zel_jax.data import zeshel
 from zel_jax.data.worlds import __main__ as worlds_cli
 from zel_jax.data.worlds import assemble, dictd_world, pages
 
-EXCERPTS = pathlib.Path(__file__).resolve().parent / "data" / "worlds"
+EXCERPTS = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "worlds"
 
 
 def _by_title(world: pages.World) -> dict[str, zeshel.Entity]:

@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 
 from zel_jax.evals import linking
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_highlight_html_marks_mentions_and_escapes():

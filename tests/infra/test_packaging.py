@@ -7,7 +7,7 @@ import subprocess
 import sys
 import zipfile
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_wheel_installs_configs_inside_the_package_and_train_starts_anywhere(tmp_path):

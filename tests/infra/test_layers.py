@@ -12,7 +12,7 @@ import inside a function is kept only for an optional or heavy dependency, with 
 import ast
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent / "zel_jax"
+ROOT = pathlib.Path(__file__).resolve().parents[2] / "zel_jax"
 ENTRY_POINTS = {"train", "evaluate", "link", "encode", "quickstart", "bench"}
 LAYERS = {"sharding": 0, "checkpoint": 0, "optim": 0, "losses": 0, "metric_writer": 0,
           "workdir_io": 0, "configs": 0, "models": 1, "data": 1, "index": 1, "evals": 2,

@@ -1,6 +1,6 @@
 """The perl-doc world (zel_jax.data.worlds.pod) on excerpts of Debian's perl-doc POD files.
 
-tests/data/worlds/perl-doc/usr/share/perl/5.36.0/pod/ holds cut-down real documents:
+tests/fixtures/worlds/perl-doc/usr/share/perl/5.36.0/pod/ holds cut-down real documents:
 perlfunc (its introduction, the entries -X .. chmod and undef, the non-function keywords),
 perlvar (up to the `@_` entry), perlsyn (up to the end of "Compound Statements") and perlmod
 (its introduction and "BEGIN, UNITCHECK, CHECK, INIT and END").
@@ -15,7 +15,7 @@ import pytest
 from zel_jax.data import zeshel
 from zel_jax.data.worlds import pages, pod
 
-ROOT = pathlib.Path(__file__).parent / "data" / "worlds" / "perl-doc"
+ROOT = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "worlds" / "perl-doc"
 WORLD = "perl-doc"
 
 

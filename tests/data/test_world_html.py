@@ -1,6 +1,6 @@
 """HTML documentation worlds built from small real excerpts of the Debian packages.
 
-Each `tests/data/worlds/<package>/` holds a few genuine files of the package at their installed
+Each `tests/fixtures/worlds/<package>/` holds a few genuine files of the package at their installed
 paths (some cut down to a handful of items), so `html_docs.build` runs on them unchanged.
 """
 
@@ -11,7 +11,7 @@ import pytest
 from zel_jax.data import zeshel
 from zel_jax.data.worlds import html_docs
 
-DATA = pathlib.Path(__file__).parent / "data" / "worlds"
+DATA = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "worlds"
 
 
 def tok(text):

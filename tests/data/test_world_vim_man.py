@@ -1,11 +1,11 @@
 """The vim-runtime and manpages worlds (vim_help, manpages) on excerpts of the real packages.
 
-tests/data/worlds/vim-runtime/usr/share/vim/vim90/doc/ holds usr_01.txt whole, options.txt
+tests/fixtures/worlds/vim-runtime/usr/share/vim/vim90/doc/ holds usr_01.txt whole, options.txt
 cut to its introduction, the 'shiftwidth', start of 'shortmess', 'softtabstop' and 'tabstop'
 items and its last lines (the modeline), usr_51.txt cut to its introduction, the section
 with an example help file and its last lines, and the first lines of the `tags` index.
 
-tests/data/worlds/manpages/usr/share/man/ holds real pages of both packages of the world,
+tests/fixtures/worlds/manpages/usr/share/man/ holds real pages of both packages of the world,
 as `dpkg -x` extracts them into one root: open.2 with its links creat.2 and openat.2,
 close.2, dirfd.3, sched_rr_get_interval.2, timespec.3type, regex.3 with its link
 regcomp.3 (manpages-dev); the `.so` stub queue.3, queue.7, regex.7, tzfile.5 and zic.8
@@ -21,7 +21,7 @@ import pytest
 from zel_jax.data import zeshel
 from zel_jax.data.worlds import manpages, pages, vim_help
 
-DATA = pathlib.Path(__file__).parent / "data" / "worlds"
+DATA = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "worlds"
 VIM_ROOT = DATA / "vim-runtime"
 MAN_ROOT = DATA / "manpages"
 

@@ -12,7 +12,7 @@ import pytest
 
 import tiny_world
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "local_multiprocess.sh"
 
 

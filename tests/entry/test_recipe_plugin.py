@@ -12,7 +12,7 @@ import textwrap
 
 import tiny_world
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 RECIPE = '''
 """Bag of embeddings: a mention or an entity is the mean of its token embeddings."""

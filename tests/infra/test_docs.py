@@ -4,7 +4,7 @@ the recipes' READMEs), a license, every recipe documented, and no Python file ov
 import pathlib
 import re
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 from zel_jax import configs, recipes
 from zel_jax.configs import common
 
-CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.py") if p.stem not in ("common", "__init__"))
 
 

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from zel_jax import checkpoint, sharding
 
-WORKER = str(pathlib.Path(__file__).with_name("checkpoint_worker.py"))
+WORKER = str(pathlib.Path(__file__).resolve().parents[1] / "checkpoint_worker.py")
 
 
 def _state(mesh):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from test_dictd import ENTRIES, write_database
+from dictd_fixture import ENTRIES, write_database
 from zel_jax.data import documents, features, foldoc, zeshel
 from zel_jax.recipes.entqa import passages as passages_lib
 from zel_jax.models import bert_io
