@@ -265,3 +265,16 @@ def _flush(pending, writer, step, tick, tick_step, batch_size) -> dict[str, Any]
   record["steps_per_s"] = (step - tick_step) / elapsed
   writer.write(step, record)
   return record
+
+
+def run_and_evaluate(config, workdir: str, spec: TrainSpec, mesh,
+                     evaluator: evals_base.Evaluator) -> tuple[Outcome, dict[str, Any]]:
+  """run(), then the evaluator on the last step's parameters with each split's report
+  written to the workdir. Returns (outcome, what the trainer returns: the last
+  measurements and {"evals": reports}, or {"preempted_at": step, ...} when preempted, in
+  which case nothing is evaluated)."""
+  outcome = run(config, workdir, spec, mesh, evaluator)
+  if outcome.preempted:
+    return outcome, {"preempted_at": outcome.step, **outcome.last}
+  reports = evals_base.evaluate_and_write(evaluator, outcome.params, outcome.step, workdir)
+  return outcome, {**outcome.last, "evals": reports}

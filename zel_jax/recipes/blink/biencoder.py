@@ -258,12 +258,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       groups=data.groups if config.data.one_world_per_batch else None,
       prepare=prepare, checkpoint_meta=checkpoint_meta, restore_meta=restore_meta)
   evaluator = evaluators.training_evaluator(config, workdir, model, featurizer, mesh, dataset)
-  outcome = loop.run(config, workdir, recipe, mesh, evaluator)
-  if outcome.preempted:
-    return {"preempted_at": outcome.step, **outcome.last}
-
-  reports = evals_base.evaluate_and_write(evaluator, outcome.params, outcome.step, workdir)
-  return {**outcome.last, "evals": reports}
+  return loop.run_and_evaluate(config, workdir, recipe, mesh, evaluator)[1]
 
 
 # ------------------------------------------------------------------------------------------

@@ -149,9 +149,4 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           config, model, shardings, rng),
       loss_fn=make_loss_fn(model, config), features={"label": labels}, prepare=prepare)
   evaluator = evaluators.training_evaluator(config, workdir, model, featurizer, mesh, dataset)
-  outcome = loop.run(config, workdir, recipe, mesh, evaluator)
-  if outcome.preempted:
-    return {"preempted_at": outcome.step, **outcome.last}
-
-  reports = evals_base.evaluate_and_write(evaluator, outcome.params, outcome.step, workdir)
-  return {**outcome.last, "evals": reports}
+  return loop.run_and_evaluate(config, workdir, recipe, mesh, evaluator)[1]

@@ -37,7 +37,6 @@ import numpy as np
 from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import zeshel
-from zel_jax.evals import base as evals_base
 from zel_jax.evals import inference
 from zel_jax.index import views as views_lib
 from zel_jax.index.numpy_store import NumpyStore
@@ -176,11 +175,7 @@ def _retriever(config, workdir, dataset, mesh):
                 "entity_index": data.gold.astype(np.int32)},
       groups=data.worlds if config.data.one_world_per_batch else None, prepare=prepare)
   evaluator = evaluators.student_evaluator(config, workdir, model, featurizer, mesh, dataset)
-  outcome = loop.run(config, workdir, recipe, mesh, evaluator)
-  if outcome.preempted:
-    return {"preempted_at": outcome.step, **outcome.last}
-  return {**outcome.last, "evals": evals_base.evaluate_and_write(
-      evaluator, outcome.params, outcome.step, workdir)}
+  return loop.run_and_evaluate(config, workdir, recipe, mesh, evaluator)[1]
 
 
 def _teacher(config, workdir, dataset, mesh):
@@ -212,11 +207,7 @@ def _teacher(config, workdir, dataset, mesh):
       pretrained_params=lambda s, r: cross_trainer.pretrained_params(tconfig, model, s, r),
       loss_fn=loss_fn, features={"label": labels}, prepare=prepare)
   evaluator = evaluators.teacher_evaluator(config, featurizer, model, mesh, dataset)
-  outcome = loop.run(config, workdir, recipe, mesh, evaluator)
-  if outcome.preempted:
-    return {"preempted_at": outcome.step, **outcome.last}
-  return {**outcome.last, "evals": evals_base.evaluate_and_write(
-      evaluator, outcome.params, outcome.step, workdir)}
+  return loop.run_and_evaluate(config, workdir, recipe, mesh, evaluator)[1]
 
 
 def _joint(config, workdir, dataset, mesh):
@@ -296,11 +287,7 @@ def _joint(config, workdir, dataset, mesh):
       prepare=prepare, checkpoint_meta=checkpoint_meta, restore_meta=restore_meta)
   evaluator = evaluators.student_evaluator(config, workdir, student, featurizer, mesh, dataset,
                                           student_of=lambda params: params["student"])
-  outcome = loop.run(config, workdir, recipe, mesh, evaluator)
-  if outcome.preempted:
-    return {"preempted_at": outcome.step, **outcome.last}
-  return {**outcome.last, "evals": evals_base.evaluate_and_write(
-      evaluator, outcome.params, outcome.step, workdir)}
+  return loop.run_and_evaluate(config, workdir, recipe, mesh, evaluator)[1]
 
 
 # ------------------------------------------------------------------------------------------
