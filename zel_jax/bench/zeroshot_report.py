@@ -239,7 +239,7 @@ def plot(results: dict[str, Any], path: str) -> None:
   """Macro recall@k over the test worlds, one curve per row (mean over seeds)."""
   import matplotlib  # lazy: matplotlib draws the plot only (bench/test extras)
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # lazy: as above
+  from matplotlib import pyplot as plt  # lazy: matplotlib draws the plot only
   figure, axis = plt.subplots(figsize=(7, 4.5))
   for label, prefix, _ in RETRIEVAL_ROWS:
     if not _runs(results, prefix):
