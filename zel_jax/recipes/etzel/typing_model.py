@@ -89,8 +89,9 @@ class TokenLayers(nn.Module):
   def __call__(self, x, attention_mask, deterministic: bool, first_only: bool = False):
     for i in range(self.num_layers):
       last = first_only and i == self.num_layers - 1
+      # No relative-position bias: these layers are new, above the encoder's last.
       x = bert.BertLayer(self.config, dtype=self.dtype, name=f"layer_{i}")(
-          x, attention_mask, deterministic, last)
+          x, attention_mask, None, deterministic, last)
     return x
 
 
