@@ -9,7 +9,7 @@ import pytest
 import tiny_world
 from zel_jax import evaluate, losses, metric_writer, recipes
 from zel_jax.data import candidates as candidates_lib
-from zel_jax.data import features
+from zel_jax.data import rows
 from zel_jax.recipes.blink import crossencoder as trainer
 from zel_jax.evals import metrics
 
@@ -28,7 +28,7 @@ def test_cross_features_concatenate_without_the_entity_cls():
   mention = np.array([[cls, 5, 6, sep, pad], [cls, 7, sep, pad, pad]])
   entity = np.array([[[cls, 8, 9, sep], [cls, 10, sep, pad]],
                      [[cls, 11, 12, sep], [cls, 13, sep, pad]]])
-  out = features.cross_features(mention, (mention > 0).astype(int), entity,
+  out = rows.cross_features(mention, (mention > 0).astype(int), entity,
                                 (entity > 0).astype(int), 8)
   np.testing.assert_array_equal(out["input_ids"], [
       [[cls, 5, 6, sep, 8, 9, sep, pad], [cls, 5, 6, sep, 10, sep, pad, pad]],
@@ -37,11 +37,31 @@ def test_cross_features_concatenate_without_the_entity_cls():
                                 [[0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0]])
   np.testing.assert_array_equal(out["attention_mask"], out["input_ids"] > 0)
   # Too long: the description is cut and the row still ends in [SEP].
-  short = features.cross_features(mention, (mention > 0).astype(int), entity,
+  short = rows.cross_features(mention, (mention > 0).astype(int), entity,
                                   (entity > 0).astype(int), 5)
   np.testing.assert_array_equal(short["input_ids"][0, 0], [cls, 5, 6, sep, sep])
   np.testing.assert_array_equal(short["input_ids"][1, 0], [cls, 7, sep, 11, sep])
   np.testing.assert_array_equal(short["input_ids"][1, 1], [cls, 7, sep, 13, sep])
+
+
+def test_cross_features_roberta_style_pairs():
+  """MPNet's pair format, `<s> a </s></s> b </s>`: one more separator, padding with its own
+  id, and a cut row that still ends in a separator."""
+  cls, sep, pad = 0, 2, 1
+  mention = np.array([[cls, 5, 6, sep, pad]])
+  entity = np.array([[[cls, 8, 9, sep], [cls, 10, sep, pad]]])
+  mention_mask, entity_mask = (mention != pad).astype(int), (entity != pad).astype(int)
+  out = rows.cross_features(mention, mention_mask, entity, entity_mask, 9, pad_id=pad,
+                            separators=2)
+  np.testing.assert_array_equal(out["input_ids"][0], [[cls, 5, 6, sep, sep, 8, 9, sep, pad],
+                                                      [cls, 5, 6, sep, sep, 10, sep, pad, pad]])
+  np.testing.assert_array_equal(out["attention_mask"][0], out["input_ids"][0] != pad)
+  np.testing.assert_array_equal(out["token_type_ids"][0, 0], [0, 0, 0, 0, 0, 1, 1, 1, 0])
+  short = rows.cross_features(mention, mention_mask, entity, entity_mask, 7, pad_id=pad,
+                              separators=2)
+  np.testing.assert_array_equal(short["input_ids"][0, 0], [cls, 5, 6, sep, sep, 8, sep])
+  with pytest.raises(ValueError, match="1 or 2 separators"):
+    rows.cross_features(mention, mention_mask, entity, entity_mask, 9, separators=3)
 
 
 # -- losses ---------------------------------------------------------------------------------

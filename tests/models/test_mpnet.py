@@ -89,3 +89,29 @@ def test_relative_bias_matters(mpnet):
   # And the last layer computed for position 0 alone agrees with the full pass there.
   first = np.asarray(model.apply({"params": params}, ids, mask, first_token_only=True))
   np.testing.assert_allclose(first[:, 0], out[:, 0], atol=2e-5)
+
+
+def test_featurizer_writes_mpnet_inputs(mpnet):
+  """Rows in the checkpoint's own format: `<s>` and `</s>` around each text, `</s></s>`
+  between the two texts of a pair (as its tokenizer's template writes them), `<pad>`
+  padding, and BLINK's markers on the vocabulary's [unusedN] rows."""
+  from zel_jax.data import features  # pylint: disable=g-import-not-at-top
+
+  path, _, _ = mpnet
+  featurizer = features.Featurizer.from_pretrained(path)
+  tokenizer = featurizer.tokenizer
+  assert (featurizer.cls_id, featurizer.sep_id, featurizer.pad_id) == (0, 2, 1)
+  assert featurizer.pair_separators == 2
+  assert (featurizer.mention_start_id, featurizer.mention_end_id,
+          featurizer.entity_title_id) == tuple(tokenizer.convert_tokens_to_ids(
+              ["[unused0]", "[unused1]", "[unused2]"]))
+  title, text = "Antioch", "an ancient city on the Orontes"
+  pair = featurizer.pair_features([title], [text], 24)
+  expected = tokenizer(title, text)["input_ids"]  # The tokenizer's own pair template.
+  np.testing.assert_array_equal(pair["input_ids"][0, :len(expected)], expected)
+  assert (pair["input_ids"][0, len(expected):] == 1).all()
+  np.testing.assert_array_equal(pair["attention_mask"][0], np.arange(24) < len(expected))
+  entity = featurizer.entity_features([title], [text], 24)["input_ids"][0]
+  pieces = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]
+  expected = [0, *pieces(title), featurizer.entity_title_id, *pieces(text), 2]
+  np.testing.assert_array_equal(entity, expected + [1] * (24 - len(expected)))

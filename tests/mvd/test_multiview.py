@@ -412,7 +412,7 @@ def test_joint_loss_trains_the_global_view_and_aligns_local_views(tiny):
           jax.random.fold_in(rng, 1))}
   b, k, s = 8, 4, 3
   lm, lv, lg = 12, 12, 24
-  lp = cross_trainer.pair_length(mvd_data.teacher_config(config))
+  lp = cross_trainer.pair_length(mvd_data.teacher_config(config), teacher.config)
   gen = np.random.default_rng(0)
   view_valid = np.ones((b, k, s), bool)
   view_valid[:, :, 2] = gen.random((b, k)) < 0.5   # Some candidates have 2 views.

@@ -15,7 +15,7 @@ from zel_jax import optim, sharding
 from zel_jax.configs import blink_biencoder, blink_crossencoder
 from zel_jax.configs import mvd as mvd_config
 from zel_jax.data import examples, zeshel
-from zel_jax.data import features as features_lib
+from zel_jax.data import rows as rows_lib
 from zel_jax.evals import inference
 from zel_jax.models import bert_io, biencoder, crossencoder
 from zel_jax.recipes.blink import biencoder as bi_trainer
@@ -191,7 +191,7 @@ def bench_mvd(model_name: str, variant: str, batch_size: int, seconds: float,
   student, _ = bi_trainer.build_model(config, mesh)
   teacher, _ = cross_trainer.build_model(mvd_data.teacher_config(config), mesh)
   key = jax.random.PRNGKey(0)
-  joint_batch = filled(mvd.mvd_joint_shapes(config, b))
+  joint_batch = filled(mvd.mvd_joint_shapes(config, b, teacher.config))
   joint_s, joint_gb = timed_update(
       mvd.joint_loss_fn(student, teacher, config),
       {"student": biencoder.abstract_params(student),
@@ -336,7 +336,7 @@ def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: 
   rows = rng.integers(0, len(entities.ids), (len(index), k))
   rows[:, 0] = test.gold_rows[index]
   pairs = len(index) * k
-  length = cross_trainer.pair_length(config)
+  length = cross_trainer.pair_length(config, model.config)
 
   def zel_pass():
     return cross_trainer.score_candidates(model, params, mention_feats, entities.features, rows,
@@ -359,10 +359,11 @@ def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: 
     for start in range(0, len(index), batch_size):
       sel = np.arange(start, min(start + batch_size, len(index)))
       # BLINK: every pair padded to max_seq_length (256; the pairs here hold at most 255).
-      feats = features_lib.cross_features(
+      feats = rows_lib.cross_features(
           mention_feats["input_ids"][sel], mention_feats["attention_mask"][sel],
           entities.features["input_ids"][rows[sel]],
-          entities.features["attention_mask"][rows[sel]], length + 1)
+          entities.features["attention_mask"][rows[sel]], length + 1,
+          pad_id=model.config.pad_token_id, separators=model.config.pair_separators)
       flat = {name: torch.tensor(v.reshape(-1, length + 1), dtype=torch.long)
               for name, v in feats.items()}
       cls = tower(**flat).last_hidden_state[:, 0]

@@ -50,11 +50,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from zel_jax.data.rows import assemble
 from zel_jax.models import bert_io
 
 MENTION_START = "[Ms]"
@@ -83,6 +84,9 @@ class Featurizer:
     self.cls_id = int(tokenizer.cls_token_id)
     self.sep_id = int(tokenizer.sep_token_id)
     self.pad_id = int(tokenizer.pad_token_id)
+    # Separators between the two texts of a pair in the tokenizer's own template: BERT's
+    # `[CLS] a [SEP] b [SEP]` has 1, RoBERTa-style `<s> a </s></s> b </s>` (MPNet) 2.
+    self.pair_separators = max(1, tokenizer("a", "b")["input_ids"].count(self.sep_id) - 1)
     # A private copy: the shared tokenizer's truncation/padding settings stay untouched.
     self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     self._backend.no_truncation()
@@ -264,8 +268,9 @@ class Featurizer:
   def typing_features(self, contexts_left: Sequence[str], mentions: Sequence[str],
                       contexts_right: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
     """`[CLS] mention [SEP] ctx_left mention ctx_right [SEP]`, the input of BERT entity
-    typing: the mention (its first (max_length - 3) // 4 tokens) then its sentence, the
-    context budget balanced around the mention as in `mention_features`.
+    typing (`[SEP][SEP]` in the middle for RoBERTa-style pairs): the mention (its first
+    (max_length - 3) // 4 tokens) then its sentence, the context budget balanced around the
+    mention as in `mention_features`.
 
     Returns input_ids, attention_mask and token_type_ids (1 on the sentence), [N, max_length].
     """
@@ -278,15 +283,16 @@ class Featurizer:
     mention, mention_n = self.encode_pieces(mentions, cap, keep="first")
     left, left_n = self.encode_pieces(contexts_left, max_length, keep="last")
     right, right_n = self.encode_pieces(contexts_right, max_length, keep="first")
-    left_keep, right_keep = _balance(left_n, right_n, max_length - 3 - 2 * mention_n)
+    seps = self.pair_separators
+    left_keep, right_keep = _balance(left_n, right_n, max_length - 2 - seps - 2 * mention_n)
     ones = np.ones(len(mentions), np.int64)
     zeros = np.zeros(len(mentions), np.int64)
     out = assemble([
-        (self.cls_id, zeros, ones), (mention, zeros, mention_n), (self.sep_id, zeros, ones),
-        (left, left_n - left_keep, left_keep), (mention, zeros, mention_n),
-        (right, zeros, right_keep), (self.sep_id, zeros, ones),
+        (self.cls_id, zeros, ones), (mention, zeros, mention_n),
+        (self.sep_id, zeros, ones * seps), (left, left_n - left_keep, left_keep),
+        (mention, zeros, mention_n), (right, zeros, right_keep), (self.sep_id, zeros, ones),
     ], max_length, self.pad_id)
-    first = (mention_n + 2)[:, None]
+    first = (mention_n + 1 + seps)[:, None]
     out["token_type_ids"] = ((np.arange(max_length)[None] >= first) &
                              (out["attention_mask"] > 0)).astype(np.int32)
     return out
@@ -294,7 +300,8 @@ class Featurizer:
   def pair_features(self, firsts: Sequence[str], seconds: Sequence[str], max_length: int
                     ) -> dict[str, np.ndarray]:
     """`[CLS] first [SEP] second [SEP]` (a type and its description; a title and a chunk of
-    its description): the first text whole up to half the row, the second filling the rest.
+    its description; `[SEP][SEP]` in the middle for RoBERTa-style pairs): the first text
+    whole up to half the row, the second filling the rest.
 
     Returns input_ids, attention_mask and token_type_ids (1 on the second), [N, max_length].
     """
@@ -307,12 +314,15 @@ class Featurizer:
     (type extraction reads a title and its description this way, 128 tokens a row): a row
     per chunk, at most max_chunks per text, every text at least one row. Returns the
     pair_features-style arrays [R, max_length] and owner [R], the text of each row."""
-    if max_length < 4 or max_chunks < 1:
-      raise ValueError(f"max_length {max_length} (>= 4) and max_chunks {max_chunks} (>= 1)")
+    if max_length < 3 + self.pair_separators or max_chunks < 1:
+      raise ValueError(f"max_length {max_length} (>= {3 + self.pair_separators}) and "
+                       f"max_chunks {max_chunks} (>= 1)")
     if len(firsts) != len(seconds):
       raise ValueError(f"{len(firsts)} first texts for {len(seconds)} second texts")
-    first, first_n = self.encode_pieces(firsts, max(1, (max_length - 3) // 2), keep="first")
-    room = max_length - 3 - first_n                                  # [N] chunk sizes
+    seps = self.pair_separators
+    first, first_n = self.encode_pieces(firsts, max(1, (max_length - 2 - seps) // 2),
+                                        keep="first")
+    room = max_length - 2 - seps - first_n                           # [N] chunk sizes
     second, second_n = self.encode_pieces(seconds, int(room.max(initial=1)) * max_chunks,
                                           keep="first")
     chunks = np.clip(-(-second_n // room), 1, max_chunks)            # ceil, at least one
@@ -323,9 +333,10 @@ class Featurizer:
     ones = np.ones(len(owner), np.int64)
     zeros = np.zeros(len(owner), np.int64)
     out = assemble([(self.cls_id, zeros, ones), (first[owner], zeros, first_n[owner]),
-                     (self.sep_id, zeros, ones), (second[owner], offset, keep),
+                     (self.sep_id, zeros, ones * seps), (second[owner], offset, keep),
                      (self.sep_id, zeros, ones)], max_length, self.pad_id)
-    out["token_type_ids"] = ((np.arange(max_length)[None] >= (first_n[owner] + 2)[:, None]) &
+    out["token_type_ids"] = ((np.arange(max_length)[None] >= (first_n[owner] + 1 + seps
+                                                              )[:, None]) &
                              (out["attention_mask"] > 0)).astype(np.int32)
     return out, owner
 
@@ -439,62 +450,3 @@ def _pad_rows(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarr
   col = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
   ids[row, col] = flat
   return ids, counts
-
-
-def assemble(segments: Iterable[tuple], length: int, pad_id: int) -> dict[str, np.ndarray]:
-  """Concatenates per-row segments into [N, length] rows.
-
-  Each segment is (source, offset [N], count [N]): row i takes source[i, offset:offset+count]
-  when source is an [N, K] array, or `count` copies of it when source is a token id.
-  """
-  segments = list(segments)
-  n = len(segments[0][1])
-  cols = np.arange(length)[None, :]
-  ids = np.full((n, length), pad_id, np.int32)
-  end = np.zeros(n, np.int64)
-  for source, offset, count in segments:
-    rel = cols - end[:, None]
-    inside = (rel >= 0) & (rel < count[:, None])
-    if isinstance(source, (int, np.integer)):
-      ids[inside] = source
-    elif source.shape[1]:
-      src = np.clip(rel + offset[:, None], 0, source.shape[1] - 1)
-      ids = np.where(inside, np.take_along_axis(source, src, axis=1), ids)
-    end = end + count
-  if np.any(end > length):
-    raise AssertionError(f"rows of {end.max()} tokens exceed max_length {length}")
-  return {"input_ids": ids, "attention_mask": (cols < end[:, None]).astype(np.int32)}
-
-
-def cross_features(mention_ids: np.ndarray, mention_mask: np.ndarray, entity_ids: np.ndarray,
-                   entity_mask: np.ndarray, length: int, pad_id: int = 0
-                   ) -> dict[str, np.ndarray]:
-  """BLINK's cross-encoder rows: each mention's input followed by each of its candidates'
-  input without the [CLS], `[CLS] ctx_l [Ms] m [Me] ctx_r [SEP] title [ENT] desc [SEP]`.
-
-  mention_*: [B, Lm] featurized mentions; entity_*: [B, K, Le] their K candidates. Returns
-  input_ids, attention_mask and token_type_ids (0 for the mention's tokens, 1 for the
-  entity's, BERT's sentence-pair convention) of shape [B, K, length]. A pair longer than
-  `length` loses the end of its description and keeps its final [SEP] (the mention's own
-  [SEP] token). length = Lm + Le - 1 never cuts.
-  """
-  b, k, le = entity_ids.shape
-  m_len = mention_mask.sum(-1).astype(np.int64)                        # [B]
-  e_len = entity_mask.sum(-1).astype(np.int64).reshape(b * k)          # [B*K]
-  m_len_pairs = np.repeat(m_len, k)
-  if np.any(m_len_pairs >= length):
-    raise ValueError(f"a mention of {int(m_len.max())} tokens leaves no room for its entity "
-                     f"in rows of length {length}")
-  body = np.maximum(e_len - 1, 0)                  # the entity's tokens after [CLS]
-  cut = m_len_pairs + body > length
-  kept = np.where(cut, length - m_len_pairs - 1, body)
-  sep = np.repeat(np.take_along_axis(mention_ids, (m_len - 1)[:, None], 1)[:, 0], k)
-  mentions = np.repeat(mention_ids, k, axis=0)
-  zeros = np.zeros(b * k, np.int64)
-  out = assemble([(mentions, zeros, m_len_pairs),
-                   (entity_ids.reshape(b * k, le), zeros + 1, kept),
-                   (sep[:, None], zeros, cut.astype(np.int64))], length, pad_id)
-  cols = np.arange(length)[None, :]
-  out["token_type_ids"] = ((cols >= m_len_pairs[:, None]) &
-                           (out["attention_mask"] > 0)).astype(np.int32)
-  return {name: v.reshape(b, k, length) for name, v in out.items()}

@@ -59,6 +59,9 @@ class BertConfig:
   # Relative-position bias buckets (MPNet: 32; 0: none) and the distance the last one starts.
   relative_attention_buckets: int = 0
   relative_attention_max_distance: int = 128
+  # Separators between the two texts of a pair, as the checkpoint was trained: BERT's
+  # `[CLS] a [SEP] b [SEP]` (1) or RoBERTa-style `<s> a </s></s> b </s>` (2: MPNet, XLM-R).
+  pair_separators: int = 1
 
   @property
   def head_dim(self) -> int:
@@ -92,6 +95,7 @@ class BertConfig:
     model_type = hf.get("model_type", "bert")
     offset = pad + 1 if model_type in _OFFSET_POSITIONS else 0
     mpnet = model_type == "mpnet"
+    roberta_style = mpnet or model_type in _OFFSET_POSITIONS
     return cls(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
@@ -110,6 +114,7 @@ class BertConfig:
         model_type="mpnet" if mpnet else "bert",
         positions_after_padding=mpnet,
         relative_attention_buckets=hf.get("relative_attention_num_buckets", 32) if mpnet else 0,
+        pair_separators=2 if roberta_style else 1,
     )
 
 

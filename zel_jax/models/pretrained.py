@@ -17,7 +17,8 @@ def bert_and_featurizer(config) -> tuple[bert.BertConfig, features_lib.Featurize
                                        use_unused_markers=config.data.use_unused_markers)
   bert_config = bert_io.load_config(path).replace(
       hidden_dropout=config.model.hidden_dropout,
-      attention_dropout=config.model.attention_dropout)
+      attention_dropout=config.model.attention_dropout,
+      pair_separators=featurizer.pair_separators)  # The tokenizer's template decides.
   if featurizer.vocab_size > bert_config.vocab_size:
     bert_config = bert_config.replace(vocab_size=featurizer.vocab_size)
   return bert_config, featurizer

@@ -22,10 +22,11 @@ from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
+from zel_jax.data import rows as rows_lib
 from zel_jax.data import zeshel
 from zel_jax.evals import base as evals_base
 from zel_jax.evals import inference, metrics, retrieval
-from zel_jax.models import crossencoder, pretrained
+from zel_jax.models import bert, crossencoder, pretrained
 from zel_jax.training import loop
 from zel_jax.training import params as params_lib
 
@@ -90,13 +91,16 @@ class RerankSet:
 
 def pair_features(mention_features: dict[str, np.ndarray],
                   entity_features: dict[str, np.ndarray], index: np.ndarray,
-                  rows: np.ndarray, length: int) -> dict[str, np.ndarray]:
+                  rows: np.ndarray, length: int, encoder: bert.BertConfig
+                  ) -> dict[str, np.ndarray]:
   """Cross-encoder inputs [len(index), K, length] for mentions `index` and their candidate
-  entity rows [len(index), K] (-1 slots take row 0 and are masked by the caller)."""
+  entity rows [len(index), K] (-1 slots take row 0 and are masked by the caller), in the
+  encoder's pair format."""
   safe = np.maximum(rows, 0)
-  return features_lib.cross_features(
+  return rows_lib.cross_features(
       mention_features["input_ids"][index], mention_features["attention_mask"][index],
-      entity_features["input_ids"][safe], entity_features["attention_mask"][safe], length)
+      entity_features["input_ids"][safe], entity_features["attention_mask"][safe], length,
+      pad_id=encoder.pad_token_id, separators=encoder.pair_separators)
 
 
 def rerank_set(config, dataset: zeshel.ZeshelDataset, featurizer, split: str,
@@ -131,9 +135,11 @@ def rerank_set(config, dataset: zeshel.ZeshelDataset, featurizer, split: str,
       entity_worlds, entity_doc_ids)
 
 
-def pair_length(config) -> int:
-  """Rows hold the mention and the entity without its [CLS]."""
-  return int(config.data.mention_length) + int(config.data.entity_length) - 1
+def pair_length(config, encoder: bert.BertConfig) -> int:
+  """Rows hold the mention, the encoder's extra pair separator (RoBERTa-style: `</s></s>`)
+  and the entity without its [CLS]."""
+  return (int(config.data.mention_length) + int(config.data.entity_length) - 2
+          + encoder.pair_separators)
 
 
 # ------------------------------------------------------------------------------------------
@@ -157,14 +163,16 @@ def score_candidates(model, params, mention_features: dict[str, np.ndarray],
   """
   score = scorer(model)
   batch_axes = config.sharding.batch_axes
-  length = pair_length(config)
+  length = pair_length(config, model.config)
   pair_tokens = (mention_features["attention_mask"].sum(1)[:, None]
-                 + entity_features["attention_mask"][np.maximum(rows, 0)].sum(2) - 1)
+                 + entity_features["attention_mask"][np.maximum(rows, 0)].sum(2) - 2
+                 + model.config.pair_separators)
   out = np.full(rows.shape, -np.inf, np.float32)
   batches = inference.sorted_batches(np.minimum(pair_tokens.max(1), length), length, batch_size,
                                     mesh, batch_axes, bucket, desc)
   for index, mine, width in batches:
-    feats = pair_features(mention_features, entity_features, mine, rows[mine], length)
+    feats = pair_features(mention_features, entity_features, mine, rows[mine], length,
+                          model.config)
     batch = sharding.global_batch({name: np.ascontiguousarray(v[..., :width])
                                    for name, v in feats.items()}, mesh, batch_axes)
     scores = score(params, batch["input_ids"], batch["attention_mask"],
@@ -250,13 +258,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                len(train), rows.shape[1],
                100 * float((train.rows == train.gold[:, None]).any(1).mean()),
                time.time() - t0)
-  length = pair_length(config)
+  length = pair_length(config, model.config)
 
   def prepare(local, params, epoch):
     del params, epoch
     index = local["example_index"]
     feats = pair_features(train.mention_features, train.entity_features, index, rows[index],
-                          length)
+                          length, model.config)
     return dict(local, **feats, candidate_valid=rows[index] >= 0)
 
   recipe = loop.TrainSpec(

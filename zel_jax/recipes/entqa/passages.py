@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from zel_jax.data import features
+from zel_jax.data import rows as rows_lib
 
 
 def _check_windows(length: int, stride: int) -> None:
@@ -129,7 +130,7 @@ def passage_features(featurizer: features.Featurizer, texts: Sequence[str],
     segments += [(topic_ids[document], zeros, topic_n),
                  (featurizer.sep_id, zeros, (topic_n > 0).astype(np.int64))]
     row_length += topic_tokens + 1
-  rows = features.assemble(segments, row_length, featurizer.pad_id)
+  rows = rows_lib.assemble(segments, row_length, featurizer.pad_id)
   return Passages(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"],
                   passage_ids=passage_ids, document=document,
                   token_start=token_start.astype(np.int64),

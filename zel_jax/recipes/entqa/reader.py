@@ -27,6 +27,7 @@ import numpy as np
 from zel_jax import sharding, workdir_io
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
+from zel_jax.data import rows as rows_lib
 from zel_jax.data import zeshel
 from zel_jax.evals import inference
 from zel_jax.models import pretrained
@@ -192,7 +193,7 @@ def reader_rows(rset: ReaderSet, index: np.ndarray, rows: np.ndarray, length: in
                 ) -> dict[str, np.ndarray]:
   p = rset.pset.passages
   safe = np.maximum(rows, 0)
-  return features_lib.cross_features(
+  return rows_lib.cross_features(
       p.input_ids[index], p.attention_mask[index],
       rset.table.features["input_ids"][safe], rset.table.features["attention_mask"][safe],
       length)

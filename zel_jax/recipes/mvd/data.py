@@ -118,15 +118,16 @@ def teacher_config(config):
 
 
 def teacher_rows(data: MvdData, table: ViewTable, index: np.ndarray, rows: np.ndarray,
-                 config) -> dict[str, np.ndarray]:
+                 config, encoder) -> dict[str, np.ndarray]:
   """Cross-encoder inputs [b, K, S, L] of mentions `index` with the views of their candidate
-  entity rows [b, K]; teacher_valid [b, K, S]."""
+  entity rows [b, K], in the pair format of the teacher's encoder (a BertConfig);
+  teacher_valid [b, K, S]."""
   views = table.entity_views[np.maximum(rows, 0)]                 # [b, K, S]
   views = np.where((rows >= 0)[..., None], views, -1)
   b, k, s = views.shape
-  length = cross_trainer.pair_length(teacher_config(config))
+  length = cross_trainer.pair_length(teacher_config(config), encoder)
   feats = cross_trainer.pair_features(data.mention_features, table.features, index,
-                                      views.reshape(b, k * s), length)
+                                      views.reshape(b, k * s), length, encoder)
   out = {f"teacher_{name}": v.reshape(b, k, s, -1) for name, v in feats.items()}
   out["teacher_valid"] = views >= 0
   return out

@@ -198,7 +198,8 @@ def _teacher(config, workdir, dataset, mesh):
   def prepare(local, params, epoch):
     del params, epoch
     index = local["example_index"]
-    return dict(local, **data_lib.teacher_rows(data, table, index, rows[index], config),
+    return dict(local, **data_lib.teacher_rows(data, table, index, rows[index], config,
+                                               model.config),
                 candidate_valid=rows[index] >= 0)
 
   recipe = loop.TrainSpec(
@@ -249,7 +250,7 @@ def _joint(config, workdir, dataset, mesh):
     index = local["example_index"]
     rows = state["rows"][index]
     return dict(local, **data_lib.gather_views(tables, rows),
-                **data_lib.teacher_rows(data, t_table, index, rows, config),
+                **data_lib.teacher_rows(data, t_table, index, rows, config, teacher.config),
                 label=state["labels"][index].astype(np.int32), candidate_valid=rows >= 0)
 
   def checkpoint_meta():
@@ -294,14 +295,15 @@ def _joint(config, workdir, dataset, mesh):
 # Shapes of a train step (bench memory).
 
 
-def mvd_joint_shapes(config, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+def mvd_joint_shapes(config, batch_size: int, encoder
+                     ) -> dict[str, tuple[tuple[int, ...], Any]]:
   """{name: (shape, dtype)} of MVD's joint-stage batch (_joint's prepare): the
   mention, K candidates x S local views (and each candidate's global view) for the student,
-  the same pairs as cross-encoder rows for the teacher."""
+  the same pairs as cross-encoder rows for the teacher (in its encoder's pair format)."""
   b, k, s = batch_size, int(config.mvd.num_candidates), int(config.mvd.train_views)
   lm, lv = int(config.data.mention_length), int(config.mvd.view_length)
   lg = int(config.data.entity_length)  # The global view.
-  lc = cross_trainer.pair_length(data_lib.teacher_config(config))
+  lc = cross_trainer.pair_length(data_lib.teacher_config(config), encoder)
   st = 1 if config.mvd.single_vector_teacher else s  # Teacher views per candidate.
   i32, boolean = np.dtype(np.int32), np.dtype(bool)
   shapes = {"mention_input_ids": ((b, lm), i32), "mention_attention_mask": ((b, lm), i32),
@@ -335,4 +337,4 @@ def step_shapes(config, mesh, batch_size: int):
   abstract = {"student": biencoder.abstract_params(student),
               "teacher": crossencoder.abstract_params(teacher)}
   return (joint_loss_fn(student, teacher, config), abstract,
-          mvd_joint_shapes(config, batch_size))
+          mvd_joint_shapes(config, batch_size, bert_config))
