@@ -1,6 +1,7 @@
-"""A tiny ZESHEL-layout dataset and a tiny BERT checkpoint for trainer, evaluator and linker
-tests: mechanics (sharding, resume, metrics), not accuracy, so a 2-layer, 32-wide encoder with
-the real MiniLM vocabulary and tokenizer is enough and keeps the tests fast."""
+"""A tiny ZESHEL-layout dataset and tiny BERT and MPNet checkpoints for trainer, evaluator and
+linker tests: mechanics (sharding, resume, metrics), not accuracy, so a 2-layer, 32-wide
+encoder with the real MiniLM (or all-mpnet-base-v2) vocabulary and tokenizer is enough and
+keeps the tests fast."""
 
 import json
 import os
@@ -59,42 +60,65 @@ def write_world(root: pathlib.Path, world: str = "computing", mentions_per_split
 
 def write_tiny_bert(directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
   """A randomly initialized 2-layer BERT in Hugging Face layout, with MiniLM's tokenizer."""
+  return _write_tiny(directory, seed, mpnet=False)
+
+
+def write_tiny_mpnet(directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
+  """A randomly initialized 2-layer MPNet in Hugging Face layout (its tensor names, no token
+  types, a relative-position bias, positions past the padding row), with all-mpnet-base-v2's
+  tokenizer: `<s>`/`</s>`/`<pad>` ids 0/2/1 and pairs written `<s> a </s></s> b </s>`."""
+  return _write_tiny(directory, seed, mpnet=True)
+
+
+def _write_tiny(directory: pathlib.Path, seed: int, mpnet: bool) -> pathlib.Path:
   directory.mkdir(parents=True, exist_ok=True)
-  source = bert_io.resolve_pretrained("all-MiniLM-L6-v2")
+  source = bert_io.resolve_pretrained("all-mpnet-base-v2" if mpnet else "all-MiniLM-L6-v2")
   for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json"):
     if os.path.exists(os.path.join(source, name)):
       shutil.copy(os.path.join(source, name), directory / name)
-  hidden, layers, inter, vocab = 32, 2, 64, 30522
-  config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab,
+  hidden, layers, inter = 32, 2, 64
+  vocab, positions = (30527, 130) if mpnet else (30522, 128)
+  config = {"architectures": ["MPNetModel" if mpnet else "BertModel"],
+            "model_type": "mpnet" if mpnet else "bert", "vocab_size": vocab,
             "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
-            "intermediate_size": inter, "max_position_embeddings": 128, "type_vocab_size": 2,
+            "intermediate_size": inter, "max_position_embeddings": positions,
             "hidden_act": "gelu", "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
             "attention_probs_dropout_prob": 0.1}
+  config.update({"pad_token_id": 1, "relative_attention_num_buckets": 32} if mpnet else
+                {"type_vocab_size": 2})
   (directory / "config.json").write_text(json.dumps(config))
   rng = np.random.default_rng(seed)
   normal = lambda *shape: (0.02 * rng.standard_normal(shape)).astype(np.float32)
+  ones, zeros = (lambda n: np.ones(n, np.float32)), (lambda n: np.zeros(n, np.float32))
   tensors = {
       "embeddings.word_embeddings.weight": normal(vocab, hidden),
-      "embeddings.position_embeddings.weight": normal(128, hidden),
-      "embeddings.token_type_embeddings.weight": normal(2, hidden),
-      "embeddings.LayerNorm.weight": np.ones(hidden, np.float32),
-      "embeddings.LayerNorm.bias": np.zeros(hidden, np.float32),
+      "embeddings.position_embeddings.weight": normal(positions, hidden),
+      "embeddings.LayerNorm.weight": ones(hidden),
+      "embeddings.LayerNorm.bias": zeros(hidden),
   }
+  if mpnet:
+    tensors["encoder.relative_attention_bias.weight"] = normal(32, 4)
+  else:
+    tensors["embeddings.token_type_embeddings.weight"] = normal(2, hidden)
+  # Where the two name their attention blocks: q/k/v/o and the block's norm.
+  qkv = ({"query": "attn.q", "key": "attn.k", "value": "attn.v"} if mpnet else
+         {n: f"self.{n}" for n in ("query", "key", "value")})
+  out, norm = ("attn.o", "LayerNorm") if mpnet else ("output.dense", "output.LayerNorm")
   for i in range(layers):
     p = f"encoder.layer.{i}."
-    for name in ("query", "key", "value"):
-      tensors[p + f"attention.self.{name}.weight"] = normal(hidden, hidden)
-      tensors[p + f"attention.self.{name}.bias"] = np.zeros(hidden, np.float32)
-    tensors[p + "attention.output.dense.weight"] = normal(hidden, hidden)
-    tensors[p + "attention.output.dense.bias"] = np.zeros(hidden, np.float32)
+    for theirs in qkv.values():
+      tensors[p + f"attention.{theirs}.weight"] = normal(hidden, hidden)
+      tensors[p + f"attention.{theirs}.bias"] = zeros(hidden)
+    tensors[p + f"attention.{out}.weight"] = normal(hidden, hidden)
+    tensors[p + f"attention.{out}.bias"] = zeros(hidden)
     tensors[p + "intermediate.dense.weight"] = normal(inter, hidden)
-    tensors[p + "intermediate.dense.bias"] = np.zeros(inter, np.float32)
+    tensors[p + "intermediate.dense.bias"] = zeros(inter)
     tensors[p + "output.dense.weight"] = normal(hidden, inter)
-    tensors[p + "output.dense.bias"] = np.zeros(hidden, np.float32)
-    for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
-      tensors[p + ln + ".weight"] = np.ones(hidden, np.float32)
-      tensors[p + ln + ".bias"] = np.zeros(hidden, np.float32)
+    tensors[p + "output.dense.bias"] = zeros(hidden)
+    for ln in (f"attention.{norm}", "output.LayerNorm"):
+      tensors[p + ln + ".weight"] = ones(hidden)
+      tensors[p + ln + ".bias"] = zeros(hidden)
   save_file(tensors, str(directory / "model.safetensors"))
   return directory
 

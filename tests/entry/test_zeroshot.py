@@ -25,6 +25,20 @@ def test_plan_chains_every_row_through_the_jobs_it_reads():
   assert jobs["gold_only.s0"].overrides["distill.weight"] == 0.0
   assert jobs["mvd_t.s0"].overrides["init_from"] == zeroshot.Ref("cross.s0")
   assert jobs["etzel.s0"].overrides["typing.types_dir"] == zeroshot.Ref("typing.s0")
+  # The base-size rows: one MPNet teacher (on seed 0's BLINK candidates) for the MiniLM
+  # students of every seed, whose controls are the gold-only rows; MVD builds its teacher
+  # with MPNet.
+  assert jobs["cross_mpnet.s0"].overrides["model.pretrained"] == zeroshot.MPNET
+  for s in (0, 1):
+    distilled = jobs[f"distill_mpnet.s{s}"].overrides
+    assert distilled["distill.teacher"] == zeroshot.Ref("cross_mpnet.s0")
+    assert "model.pretrained" not in distilled
+    control = jobs[f"gold_only.s{s}"].overrides
+    for key in ("data.candidates", "init_from", "num_train_steps", "data.num_candidates"):
+      assert distilled[key] == control[key], key
+  assert jobs["mvd_t_mpnet.s0"].overrides["init_from"] == zeroshot.Ref("cross_mpnet.s0")
+  assert jobs["mvd_mpnet.s0"].overrides["mvd.teacher_pretrained"] == zeroshot.MPNET
+  assert jobs["untrained_mpnet"].overrides["model.pooling"] == "mean"
   # The same training budget within a recipe: BLINK, ETZEL and MVD's warm-up.
   for name in ("blink.s0", "etzel.s0", "mvd_r.s0"):
     assert jobs[name].overrides["num_train_steps"] == zeroshot.Budget().steps
@@ -89,7 +103,8 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
                                               "empty_anchor": 0, "overlapping": 1}}
                         for w in worlds}}
   numbers = {"bm25": (20, 60), "untrained": (10, 50), "blink.s0": (40, 80),
-             "blink.s1": (42, 82), "mvd.s0": (45, 79), "mvd.s1": (47, 83)}
+             "blink.s1": (42, 82), "mvd.s0": (45, 79), "mvd.s1": (47, 83),
+             "distill_mpnet.s0": (44, 80), "distill_mpnet.s1": (46, 84)}
   results = {name: {"seconds": 60, "command": name,
                     "reports": {"test": _recall_report(r1, r64, worlds),
                                 "val": _recall_report(r1, r64, ["sqlite3-doc"])}}
@@ -101,11 +116,15 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
                                                "retriever_accuracy": 41.0}}}}
   results["cross.s1"] = {"seconds": 60, "command": "c", "reports": {"test": {
       "macro": {"unnormalized_accuracy": 40.0}}}}
+  # One MPNet teacher (seed 0) for the students of both seeds.
+  results["cross_mpnet.s0"] = {"seconds": 60, "command": "c", "reports": {"test": {
+      "macro": {"unnormalized_accuracy": 45.0}}}}
   paths = zeroshot_report.write(str(tmp_path), summary, results, zeroshot.Budget(), [0, 1],
                                 "python -m zel_jax.bench zeroshot", worlds,
                                 planned=[*results, "etzel.s0"])
   text = open(paths["benchmark.md"]).read()
-  assert "**Partial**: 8 of 9 jobs have finished; rows and seeds still to come: etzel.s0." in text
+  assert ("**Partial**: 11 of 12 jobs have finished; rows and seeds still to come: etzel.s0."
+          in text)
   assert "| BLINK bi-encoder | 41.00 (40.00 / 42.00) |" in text
   assert "Every test world has 10 mentions, so micro recall equals macro." in text
   assert "| python3.11-doc | test | 100 | 30 / 50 | 12.5 | 25.0% |" in text
@@ -117,8 +136,13 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
   assert ("trained (BLINK) > untrained > BM25, R@64: **does not hold** (blink 81.00 vs "
           "untrained 50.00 vs bm25 60.00; s0 not, s1 not)") in text
   assert ("cross-encoder > bi-encoder, accuracy@1: **holds** (cross macro unnormalized 47.50 vs "
-          "BLINK R@1 41.00; s0 holds, s1 not)") in text
+          "blink R@1 41.00; s0 holds, s1 not)") in text
   assert "distilled > gold-only control, R@1: not measured" in text
+  # The teacher stands in both seeds of its students: above seed 0's R@1, under seed 1's.
+  assert ("MPNet teacher > its distilled MiniLM student, accuracy@1: **does not hold** "
+          "(cross_mpnet macro unnormalized 45.00 vs distill_mpnet R@1 45.00; s0 holds, "
+          "s1 not)") in text
+  assert "| MPNet | s0 | - | 45.00 | - | - | nan |" in text
   assert os.path.getsize(paths["benchmark_recall.png"]) > 1000
   assert json.load(open(paths["benchmark.json"]))["results"]["blink.s1"]["seconds"] == 60
 

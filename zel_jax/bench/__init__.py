@@ -8,9 +8,11 @@ command line; index.py, steps.py and memory.py hold the measurements).
   python -m zel_jax.bench mvd [--mvd_variant=runlocal --mvd_batch_size=4 --mvd_dtype=float32
                               --mvd_remat=]
 
-train: pairs/s of the jitted bi-encoder update (MiniLM-L6, two towers, in-batch loss, AdamW,
-clipping) against the same model and batch in PyTorch (transformers' BertModel) in the same
-run, and the step's FLOP/s (XLA's cost analysis) as a fraction of a plain jitted matmul's.
+train: pairs/s of the jitted bi-encoder update (--model: MiniLM-L6 by default, or
+all-mpnet-base-v2; two towers, in-batch loss, AdamW, clipping) against the same model and
+batch in PyTorch (transformers' BertModel or MPNetModel) in the same run, the step's FLOP/s
+(XLA's cost analysis) as a fraction of a plain jitted matmul's, and the process's peak
+resident memory after the zel_jax steps and after both.
 encode: the whole knowledge-base embedding pass of a world (tokenize, batch, encode; rows
 sorted by length and cut to 8-token buckets) against BLINK's pass that pads every entity to
 the maximum length, in entities/s; the two alternate over quarters of the world.

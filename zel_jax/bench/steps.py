@@ -4,6 +4,7 @@ BLINK's (python -m zel_jax.bench train|encode|rerank|mvd)."""
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any
 
@@ -92,11 +93,12 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
     return (p, o)
 
   zel_s = _time_steps(zel_step, (params, opt_state), seconds)
+  zel_peak_gb = _peak_rss_gb()
 
   torch.manual_seed(0)
-  from transformers import BertModel  # lazy: the PyTorch reference model (bench/test extras)
+  from transformers import AutoModel  # lazy: the PyTorch reference (BertModel, MPNetModel)
   path = _resolve(model_name)
-  towers = [BertModel.from_pretrained(path, add_pooling_layer=False).train() for _ in range(2)]
+  towers = [AutoModel.from_pretrained(path, add_pooling_layer=False).train() for _ in range(2)]
   torch_params = [p for t in towers for p in t.parameters()]
   decay = [p for t in towers for n, p in t.named_parameters()
            if not (n.endswith("bias") or "LayerNorm" in n)]
@@ -128,7 +130,13 @@ def bench_train(model_name: str, batch_size: int, mention_length: int, entity_le
           "ratio": round(zel_pairs / torch_pairs, 3), "step_gflop": round(step_flops / 1e9, 1),
           "step_gflop_per_s": round(step_flops / zel_s / 1e9, 2),
           "matmul_gflop_per_s": round(ceiling / 1e9, 2),
-          "matmul_fraction": round(step_flops / zel_s / ceiling, 3)}
+          "matmul_fraction": round(step_flops / zel_s / ceiling, 3),
+          "peak_rss_gb_zel": zel_peak_gb, "peak_rss_gb_both": _peak_rss_gb()}
+
+
+def _peak_rss_gb() -> float:
+  """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def bench_mvd(model_name: str, variant: str, batch_size: int, seconds: float,
@@ -264,8 +272,8 @@ def bench_encode(data: str, world: str, model_name: str, length: int,
     inference.embed_rows(encode_entities, params, w, mesh, batch_size)
   compile_s = time.perf_counter() - t
 
-  from transformers import BertModel  # lazy: the PyTorch reference model (bench/test extras)
-  tower = BertModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
+  from transformers import AutoModel  # lazy: the PyTorch reference (BertModel, MPNetModel)
+  tower = AutoModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
 
   def zel_pass(part):
     feats = featurizer.entity_features([e.title for e in part], [e.text for e in part], length)
@@ -347,8 +355,8 @@ def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: 
   zel_scores = zel_pass()
   zel_s = time.perf_counter() - t
 
-  from transformers import BertModel  # lazy: the PyTorch reference model (bench/test extras)
-  tower = BertModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
+  from transformers import AutoModel  # lazy: the PyTorch reference (BertModel, MPNetModel)
+  tower = AutoModel.from_pretrained(_resolve(model_name), add_pooling_layer=False).eval()
   linear = torch.nn.Linear(tower.config.hidden_size, 1)
   with torch.no_grad():
     linear.weight.copy_(torch.from_numpy(np.asarray(params["score"]["kernel"]).T))
@@ -365,13 +373,14 @@ def bench_rerank(data: str, model_name: str, mentions: int, k: int, batch_size: 
           entities.features["attention_mask"][rows[sel]], length + 1,
           pad_id=model.config.pad_token_id, separators=model.config.pair_separators)
       flat = {name: torch.tensor(v.reshape(-1, length + 1), dtype=torch.long)
-              for name, v in feats.items()}
+              for name, v in feats.items()
+              if name != "token_type_ids" or model.config.type_vocab_size}  # MPNet: none
       cls = tower(**flat).last_hidden_state[:, 0]
       torch_scores.append(linear(cls)[:, 0].reshape(len(sel), k))
   torch_s = time.perf_counter() - t
   torch_scores = torch.cat(torch_scores).numpy()
   real = (mention_feats["attention_mask"].sum(1)[:, None]
-          + entities.features["attention_mask"][rows].sum(2) - 1)
+          + entities.features["attention_mask"][rows].sum(2) - 2 + model.config.pair_separators)
   return {"world": world, "mentions": int(len(index)), "candidates_per_mention": k,
           "pair_length": length + 1, "real_token_fraction": round(float(real.mean()) /
                                                                   (length + 1), 3),

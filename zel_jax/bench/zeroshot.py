@@ -50,6 +50,15 @@ class Budget:
   mvd_teacher_steps: int = 200  # MVD's multi-view teacher (from the cross-encoder), 4 mentions.
   mvd_joint_steps: int = 200   # MVD's joint stage after its warm-up retriever, 4 mentions.
   mvd_dynamic_negatives: int = 0  # 1: re-mine over every view of the train worlds (TPUs).
+  # The base-size rows (all-mpnet-base-v2, 110M parameters, about 8x MiniLM-L6's work per
+  # token): shapes as above, fewer steps where 2 cores cannot afford the MiniLM budget.
+  mpnet_steps: int = 250       # MPNet bi-encoder, steps of `batch`.
+  mpnet_cross_steps: int = 300  # MPNet cross-encoder (the teacher), steps of 4 mentions.
+  mpnet_mvd_teacher_steps: int = 100  # MVD's multi-view teacher from the MPNet cross-encoder.
+  mpnet_mvd_joint_steps: int = 200  # MVD's joint stage with the MPNet teacher (MVD's budget).
+
+
+MPNET = "all-mpnet-base-v2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +150,50 @@ def plan(budget: Budget, seeds: list[int]) -> list[Job]:
                 {"mvd.no_dynamic_negatives": True, "mvd.candidates": Ref(mvd_r),
                  "mvd.top_n": b.hard_top})}),
     ]
+  return jobs + mpnet_jobs(b, seeds, common, bi)
+
+
+def mpnet_jobs(b: Budget, seeds: list[int], common: dict[str, Any], bi: dict[str, Any]
+               ) -> list[Job]:
+  """The base-size rows, after every MiniLM row: untrained MPNet (mean pooled, as the
+  checkpoint pools); an MPNet bi-encoder; the MPNet cross-encoder, trained on the first
+  seed's BLINK candidates, as the teacher of MiniLM students of every seed (their controls
+  are the gold-only rows: same student, candidates and steps); MVD with that teacher."""
+  s0 = seeds[0]
+  teacher = f"cross_mpnet.s{s0}"
+  mpnet = {"model.pretrained": MPNET}
+  jobs = [
+      Job("untrained_mpnet", "untrained", "blink_biencoder.py:runlocal",
+          {**common, **mpnet, "model.pooling": "mean"}),
+      Job(f"mpnet_blink.s{s0}", "train", "blink_biencoder.py:runlocal",
+          {**bi, **mpnet, "seed": s0, "num_train_steps": b.mpnet_steps}),
+      Job(teacher, "train", "blink_crossencoder.py:runlocal",
+          {**common, **mpnet, "seed": s0, "data.candidates": Ref(f"blink.s{s0}"),
+           "data.num_candidates": b.candidates, "num_train_steps": b.mpnet_cross_steps,
+           "checkpoint_every": 50}),
+  ]
+  for s in seeds:
+    jobs.append(Job(f"distill_mpnet.s{s}", "train", "blink_distill.py:runlocal",
+                    {**common, "seed": s, "data.candidates": Ref(f"blink.s{s}"),
+                     "distill.teacher": Ref(teacher), "init_from": Ref(f"blink.s{s}"),
+                     "data.num_candidates": b.candidates,
+                     "num_train_steps": b.distill_steps}))
+  jobs += [
+      Job(f"mvd_t_mpnet.s{s0}", "train", "mvd.py:runlocal,stage=teacher",
+          {**mpnet, "data.mention_length": b.length, "data.window_words": 128, "seed": s0,
+           "mvd.candidates": Ref(f"mvd_r.s{s0}"), "init_from": Ref(teacher),
+           "mvd.num_candidates": b.candidates, "num_train_steps": b.mpnet_mvd_teacher_steps,
+           "checkpoint_every": 25, "evals.splits": ()}),
+      Job(f"mvd_mpnet.s{s0}", "train", "mvd.py:runlocal,stage=joint",
+          {"data.mention_length": b.length, "data.window_words": 128, "seed": s0,
+           "mvd.retriever": Ref(f"mvd_r.s{s0}"), "mvd.teacher": Ref(f"mvd_t_mpnet.s{s0}"),
+           "mvd.teacher_pretrained": MPNET, "mvd.num_candidates": b.candidates,
+           "num_train_steps": b.mpnet_mvd_joint_steps, "checkpoint_every": 25,
+           "evals.splits": ("val", "test"),
+           **({"mvd.refresh_every": 0} if b.mvd_dynamic_negatives else
+              {"mvd.no_dynamic_negatives": True, "mvd.candidates": Ref(f"mvd_r.s{s0}"),
+               "mvd.top_n": b.hard_top})}),
+  ]
   return jobs
 
 

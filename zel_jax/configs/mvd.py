@@ -70,6 +70,9 @@ def get_config(arg=None):
   config.mvd.candidates = ""        # A retriever workdir (or file): static candidates.
   config.mvd.retriever = ""         # Joint stage: the warm-up retriever's workdir.
   config.mvd.teacher = ""           # Joint stage: the warm-up teacher's workdir.
+  # Joint stage: the teacher's encoder where it differs from the student's model.pretrained
+  # (an MPNet teacher for a MiniLM student); each reads its own tokenization.
+  config.mvd.teacher_pretrained = ""
   # Ablations (the paper's Tables 3-4); all False is MVD.
   config.mvd.single_vector_teacher = False  # Teacher reads the global view only.
   config.mvd.no_relevant_view = False       # Student aligned at its own best view.

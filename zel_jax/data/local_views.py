@@ -68,13 +68,16 @@ def view_chunks(sentences: Sequence[str], token_counts: Sequence[int],
   return chunks
 
 
-def view_features(featurizer: features.Featurizer, titles: Sequence[str], descriptions: Sequence[str],
-                  max_length: int = 40, max_views: int = 0, min_tokens: int = 5
+def view_features(featurizer: features.Featurizer, titles: Sequence[str],
+                  descriptions: Sequence[str], max_length: int = 40, max_views: int = 0,
+                  min_tokens: int = 5, row_featurizer: features.Featurizer | None = None
                   ) -> dict[str, np.ndarray]:
   """The local views of every entity, `[CLS] title [ENT] chunk [SEP]` cut to max_length
   (MVD's 40), from view_chunks over split_sentences of its description; the first max_views
   of each entity when max_views > 0 (MVD trains with 10 and searches with all). An entity
-  with an empty description has one view: its title.
+  with an empty description has one view: its title. Chunks are counted in featurizer's
+  tokens and written in row_featurizer's (default: featurizer), so that a model with another
+  tokenizer reads the same views.
 
   Returns input_ids, attention_mask [V, max_length] int32, entity [V] int64 (each view's
   entity row, non-decreasing) and views_per_entity [N] int64.
@@ -96,7 +99,7 @@ def view_features(featurizer: features.Featurizer, titles: Sequence[str], descri
     chunk_texts.extend(chunks)
     chunk_titles.extend([title] * len(chunks))
     entity.extend([row] * len(chunks))
-  feats = featurizer.entity_features(chunk_titles, chunk_texts, max_length)
+  feats = (row_featurizer or featurizer).entity_features(chunk_titles, chunk_texts, max_length)
   entity = np.asarray(entity, np.int64)
   feats["entity"] = entity
   feats["views_per_entity"] = np.bincount(entity, minlength=len(titles)).astype(np.int64)

@@ -47,9 +47,13 @@ class ViewTable:
             f"{prefix}_valid": rows >= 0}
 
 
-def local_views(featurizer, titles, texts, config, max_views: int) -> ViewTable:
+def local_views(featurizer, titles, texts, config, max_views: int, row_featurizer=None
+                ) -> ViewTable:
+  """Local views chunked by featurizer's tokens, written in row_featurizer's (default: the
+  same) tokenization: a teacher with its own tokenizer reads the student's views."""
   feats = local_views_lib.view_features(featurizer, titles, texts, int(config.mvd.view_length),
-                                         max_views, int(config.mvd.min_view_tokens))
+                                         max_views, int(config.mvd.min_view_tokens),
+                                         row_featurizer=row_featurizer)
   return ViewTable.of(feats, feats["entity"], len(titles))
 
 
@@ -110,23 +114,26 @@ def mvd_data(config, dataset: zeshel.ZeshelDataset, featurizer, split: str,
 
 
 def teacher_config(config):
-  """The cross-encoder's view of the config: its entity input is one view."""
+  """The cross-encoder's view of the config: its entity input is one view, its encoder
+  config.mvd.teacher_pretrained when one is named."""
   view = config.copy_and_resolve_references()
   if not config.mvd.single_vector_teacher:
     view.data.entity_length = int(config.mvd.view_length)
+  if config.mvd.get("teacher_pretrained"):
+    view.model.pretrained = config.mvd.teacher_pretrained
   return view
 
 
-def teacher_rows(data: MvdData, table: ViewTable, index: np.ndarray, rows: np.ndarray,
-                 config, encoder) -> dict[str, np.ndarray]:
-  """Cross-encoder inputs [b, K, S, L] of mentions `index` with the views of their candidate
-  entity rows [b, K], in the pair format of the teacher's encoder (a BertConfig);
-  teacher_valid [b, K, S]."""
+def teacher_rows(mention_features: dict[str, np.ndarray], table: ViewTable, index: np.ndarray,
+                 rows: np.ndarray, config, encoder) -> dict[str, np.ndarray]:
+  """Cross-encoder inputs [b, K, S, L] of mentions `index` (rows of mention_features, in the
+  teacher's tokenization) with the views of their candidate entity rows [b, K], in the pair
+  format of the teacher's encoder (a BertConfig); teacher_valid [b, K, S]."""
   views = table.entity_views[np.maximum(rows, 0)]                 # [b, K, S]
   views = np.where((rows >= 0)[..., None], views, -1)
   b, k, s = views.shape
   length = cross_trainer.pair_length(teacher_config(config), encoder)
-  feats = cross_trainer.pair_features(data.mention_features, table.features, index,
+  feats = cross_trainer.pair_features(mention_features, table.features, index,
                                       views.reshape(b, k * s), length, encoder)
   out = {f"teacher_{name}": v.reshape(b, k, s, -1) for name, v in feats.items()}
   out["teacher_valid"] = views >= 0

@@ -129,6 +129,17 @@ def _require(config, *fields):
       raise ValueError(f"config.{field} is empty (stage {config.mvd.stage!r} needs it)")
 
 
+def _check_teacher_encoder(config, tconfig) -> None:
+  """The joint stage builds its teacher with the encoder the warm-up teacher was trained
+  with (its checkpoint would not fit another)."""
+  trained = workdir_io.load_config(config.mvd.teacher).model.pretrained
+  if trained != tconfig.model.pretrained:
+    raise ValueError(
+        f"config.mvd.teacher={config.mvd.teacher!r} was trained with the encoder {trained!r} "
+        f"but the joint stage would build its teacher with {tconfig.model.pretrained!r}: set "
+        f"--config.mvd.teacher_pretrained={trained}")
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   _require(config, "data.dir")
   stage = config.mvd.stage
@@ -137,6 +148,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if config.mvd.no_dynamic_distillation:
     config.optimizer.frozen = ("teacher",)
   evaluators.check_stage_evaluator(config)
+  if stage == "joint":  # Checked before the workdir is touched.
+    _require(config, "mvd.retriever", "mvd.teacher")
+    _check_teacher_encoder(config, data_lib.teacher_config(config))
   workdir_io.save_config(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   dataset = zeshel.ZeshelDataset(config.data.dir)
@@ -198,8 +212,8 @@ def _teacher(config, workdir, dataset, mesh):
   def prepare(local, params, epoch):
     del params, epoch
     index = local["example_index"]
-    return dict(local, **data_lib.teacher_rows(data, table, index, rows[index], config,
-                                               model.config),
+    return dict(local, **data_lib.teacher_rows(data.mention_features, table, index,
+                                               rows[index], config, model.config),
                 candidate_valid=rows[index] >= 0)
 
   recipe = loop.TrainSpec(
@@ -212,19 +226,32 @@ def _teacher(config, workdir, dataset, mesh):
 
 
 def _joint(config, workdir, dataset, mesh):
-  _require(config, "mvd.retriever", "mvd.teacher")
   if config.mvd.no_dynamic_negatives:
     _require(config, "mvd.candidates")
   student, featurizer = bi_trainer.build_model(config, mesh)
   tconfig = data_lib.teacher_config(config)
-  teacher, _ = cross_trainer.build_model(tconfig, mesh)
+  teacher, t_featurizer = cross_trainer.build_model(tconfig, mesh)
   split = config.data.train_split
   data = data_lib.mvd_data(config, dataset, featurizer, split, int(config.data.max_train_mentions),
                   config.seed)
   tables = data_lib.student_tables(featurizer, data.titles, data.texts, config)
-  # The teacher reads the student's local views unless it is single-vector.
-  t_table = (data_lib.teacher_table(featurizer, data, config) if config.mvd.single_vector_teacher
-             else tables["view"])
+  # The teacher reads the student's local views unless it is single-vector; a teacher with
+  # its own encoder reads them (and the mentions) in its own tokenization.
+  own_tokens = tconfig.model.pretrained != config.model.pretrained
+  t_mentions = data.mention_features
+  if own_tokens:
+    t_data = data_lib.mvd_data(config, dataset, t_featurizer, split,
+                               int(config.data.max_train_mentions), config.seed)
+    if [m.mention_id for m in t_data.mentions] != [m.mention_id for m in data.mentions]:
+      raise AssertionError("teacher and student tokenizations read different mentions")
+    t_mentions = t_data.mention_features
+  if config.mvd.single_vector_teacher:
+    t_table = data_lib.teacher_table(t_featurizer, data, config)
+  elif own_tokens:
+    t_table = data_lib.local_views(featurizer, data.titles, data.texts, config,
+                                   int(config.mvd.train_views), row_featurizer=t_featurizer)
+  else:
+    t_table = tables["view"]
   k = int(config.mvd.num_candidates)
   dynamic = not config.mvd.no_dynamic_negatives
   static = None if dynamic else data_lib.static_top(
@@ -250,7 +277,8 @@ def _joint(config, workdir, dataset, mesh):
     index = local["example_index"]
     rows = state["rows"][index]
     return dict(local, **data_lib.gather_views(tables, rows),
-                **data_lib.teacher_rows(data, t_table, index, rows, config, teacher.config),
+                **data_lib.teacher_rows(t_mentions, t_table, index, rows, config,
+                                        teacher.config),
                 label=state["labels"][index].astype(np.int32), candidate_valid=rows >= 0)
 
   def checkpoint_meta():
@@ -333,8 +361,9 @@ def step_shapes(config, mesh, batch_size: int):
                                                                  config.sharding.batch_axes))
   student = biencoder.BiEncoder(bert_config, pooling=config.model.pooling,
                                 share_towers=config.model.share_towers, **common)
-  teacher = crossencoder.CrossEncoder(bert_config, **common)
+  teacher_bert = pretrained.encoder_config(data_lib.teacher_config(config).model.pretrained)
+  teacher = crossencoder.CrossEncoder(teacher_bert, **common)
   abstract = {"student": biencoder.abstract_params(student),
               "teacher": crossencoder.abstract_params(teacher)}
   return (joint_loss_fn(student, teacher, config), abstract,
-          mvd_joint_shapes(config, batch_size, bert_config))
+          mvd_joint_shapes(config, batch_size, teacher_bert))
