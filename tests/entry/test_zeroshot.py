@@ -39,6 +39,9 @@ def test_plan_chains_every_row_through_the_jobs_it_reads():
   assert jobs["mvd_t_mpnet.s0"].overrides["init_from"] == zeroshot.Ref("cross_mpnet.s0")
   assert jobs["mvd_mpnet.s0"].overrides["mvd.teacher_pretrained"] == zeroshot.MPNET
   assert jobs["untrained_mpnet"].overrides["model.pooling"] == "mean"
+  # An MPNet step costs about 8 s on 2 cores: every MPNet job resumes from a recent step.
+  for name in ("cross_mpnet.s0", "mpnet_blink.s0", "mvd_t_mpnet.s0", "mvd_mpnet.s0"):
+    assert jobs[name].overrides["checkpoint_every"] <= 50, name
   # The same training budget within a recipe: BLINK, ETZEL and MVD's warm-up.
   for name in ("blink.s0", "etzel.s0", "mvd_r.s0"):
     assert jobs[name].overrides["num_train_steps"] == zeroshot.Budget().steps

@@ -2,9 +2,13 @@
 with transformers' PyTorch MPNetModel on the real all-mpnet-base-v2 weights (installed by
 the project's setup, see README)."""
 
+import json
+
 import numpy as np
 import pytest
 
+from zel_jax import workdir_io
+from zel_jax.bench import zeroshot
 from zel_jax.models import bert, bert_io
 
 SENTENCES = [
@@ -115,3 +119,30 @@ def test_featurizer_writes_mpnet_inputs(mpnet):
   pieces = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]
   expected = [0, *pieces(title), featurizer.entity_title_id, *pieces(text), 2]
   np.testing.assert_array_equal(entity, expected + [1] * (24 - len(expected)))
+
+
+def test_checkpoint_pooling_read_from_the_sentence_transformers_config(mpnet, tmp_path):
+  path, _, _ = mpnet
+  assert bert_io.checkpoint_pooling(path) == "mean"
+  assert bert_io.checkpoint_pooling(bert_io.resolve_pretrained("all-MiniLM-L6-v2")) == "mean"
+  # The benchmark's untrained rows pool as their checkpoints define.
+  untrained = [j for j in zeroshot.plan(zeroshot.Budget(), [0]) if j.kind == "untrained"]
+  assert len(untrained) == 2
+  for job in untrained:
+    zeroshot.write_config(job, str(tmp_path / job.name), "data/worlds")
+    config = workdir_io.load_config(str(tmp_path / job.name))
+    model = bert_io.resolve_pretrained(config.model.pretrained)
+    assert config.model.pooling == bert_io.checkpoint_pooling(model), job.name
+  # A plain BERT folder declares none; a CLS checkpoint says so; two modes are refused.
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  assert bert_io.checkpoint_pooling(str(plain)) is None
+  (plain / "1_Pooling").mkdir()
+  config = plain / "1_Pooling" / "config.json"
+  config.write_text(json.dumps({"pooling_mode_cls_token": True,
+                                "pooling_mode_mean_tokens": False}))
+  assert bert_io.checkpoint_pooling(str(plain)) == "cls"
+  config.write_text(json.dumps({"pooling_mode_cls_token": True,
+                                "pooling_mode_max_tokens": True}))
+  with pytest.raises(ValueError, match="1_Pooling/config.json: pooling"):
+    bert_io.checkpoint_pooling(str(plain))

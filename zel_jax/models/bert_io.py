@@ -141,6 +141,28 @@ def load_config(path: str) -> BertConfig:
 
 
 
+def checkpoint_pooling(path: str) -> str | None:
+  """The sentence pooling a sentence-transformers checkpoint was trained with ("mean" or
+  "cls", read from its 1_Pooling/config.json), or None where it declares none (a plain
+  BERT checkpoint). The untrained baselines use it: the checkpoint as its authors use it."""
+  config_file = os.path.join(path, "1_Pooling", "config.json")
+  if not os.path.exists(config_file):
+    return None
+  with open(config_file) as f:
+    try:
+      modes = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{config_file}: line {e.lineno}: malformed JSON: {e.msg}") from None
+  chosen = [name for name in ("pooling_mode_mean_tokens", "pooling_mode_cls_token",
+                              "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
+            if modes.get(name)]
+  if chosen == ["pooling_mode_mean_tokens"]:
+    return "mean"
+  if chosen == ["pooling_mode_cls_token"]:
+    return "cls"
+  raise ValueError(f"{config_file}: pooling {chosen or 'none'} is not one this project "
+                   "implements (mean or cls)")
+
 
 def _path_str(path: Sequence[str]) -> str:
   return "/".join(path)
