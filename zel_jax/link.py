@@ -3,12 +3,17 @@ second stage, a cross-encoder reranking the retrieved candidates).
 
   python -m zel_jax.link --workdir=W --data=DIR --world=NAME --input=mentions.jsonl \
       --output=out.jsonl --top-k=16 [--rerank=W_CROSS]
+  python -m zel_jax.link --export=DIR --input=docs.jsonl --output=links.jsonl
 
-Each input line is either a ZESHEL mention record (context_document_id, start_index,
-end_index, ...) or raw text with a character span: {"text": "...", "start": 4, "end": 11}
-(end exclusive). Each output line repeats the input and adds "entities": [{document_id,
-title, score}, ...], best first. `--text="... [[mention]] ..."` links one sentence whose
-mention is marked with double brackets, and prints the result.
+Each input line is a mention or a text. A mention is a ZESHEL mention record
+(context_document_id, start_index, end_index, ...) or raw text with a character span:
+{"text": "...", "start": 4, "end": 11} (end exclusive); its output line repeats it and adds
+"entities": [{document_id, title, score}, ...], best first. A text is {"text": "...",
+"spans": [{"start", "end"}, ...]} or a string with its mentions in [[double brackets]]; its
+output line adds "spans": [{start, end, mention, document_id, title, score, entities}] (the
+best entity, and the top k). The input is read and the output written chunk by chunk
+(--chunk lines), with a progress bar, and the last line printed gives documents/s and
+mentions/s. `--text="... [[mention]] ..."` links one sentence and prints the result.
 
 The world's entity store is built once per checkpoint and kept under W/stores/, so repeated
 calls load it instead of re-encoding the knowledge base. With --rerank, the top-k retrieved
@@ -29,39 +34,63 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
-from typing import Any
+import time
+from typing import Any, Iterator
 
 from absl import app, flags
 import jax
+from tqdm import tqdm
 
 from zel_jax import metric_writer, recipes, sharding
 from zel_jax.evals import linking
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  records = []
+  return [record for _, record in _iter_jsonl(path)]
+
+
+def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+  """(line number, record) of each non-blank line, read as it goes (a corpus can be large)."""
   with open(path) as f:
     for number, line in enumerate(f, 1):
       if line.strip():
         try:
-          records.append(json.loads(line))
+          yield number, json.loads(line)
         except json.JSONDecodeError as e:
           raise ValueError(f"{path}:{number}: malformed JSON: {e.msg}") from None
-  return records
+
+
+def _chunks(records: Iterator[tuple[int, Any]], size: int) -> Iterator[list[tuple[int, Any]]]:
+  chunk = []
+  for item in records:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
 
 
 def define_flags() -> None:
   """Command-line flags, defined only when this module is the program."""
   flags.DEFINE_string("workdir", None, "A retriever's training workdir (any recipe's).")
+  flags.DEFINE_string("export", None, "An export folder (python -m zel_jax.export) instead "
+                      "of --workdir/--data/--world.")
   flags.DEFINE_string("data", None, "ZESHEL-layout directory (default: the config's).")
   flags.DEFINE_string("world", None, "The world whose entities to link to.")
-  flags.DEFINE_string("input", None, "JSON lines of mentions.")
+  flags.DEFINE_string("input", None, "JSON lines: mentions {text, start, end} (or ZESHEL "
+                      "mention records), or texts {text, spans: [{start, end}]} or "
+                      "\"... [[marked]] ...\" strings.")
   flags.DEFINE_string("output", None, "Where to write the linked JSON lines.")
-  flags.DEFINE_string("text", None, "One text with its mention in [[double brackets]].")
+  flags.DEFINE_string("text", None, "One text with its mentions in [[double brackets]].")
   flags.DEFINE_integer("top_k", 16, "Entities per mention.")
   flags.DEFINE_alias("top-k", "top_k")
-  flags.DEFINE_enum("store", "exact", ["exact", "scann", "device"], "Candidate store.")
+  flags.DEFINE_integer("chunk", 256, "Input lines linked per batch (the output is written "
+                       "as it goes).")
+  flags.DEFINE_enum("store", None, ["exact", "scann", "device"], "Candidate store (default: "
+                    "exact, or the export's).")
   flags.DEFINE_string("rerank", None, "A cross-encoder workdir: rerank the top-k with it.")
   flags.DEFINE_bool("end_to_end", False, "EntQA: --workdir is a reader; --text (or each "
                     "--input line's text) is a whole document whose mentions are found.")
@@ -79,25 +108,82 @@ def main(argv):
   if FLAGS.end_to_end:
     _main_end_to_end()
     return
-  linker = recipes.open_linker(FLAGS.workdir, FLAGS.data, FLAGS.world, FLAGS.store)
-  records = _read_jsonl(FLAGS.input) if FLAGS.input else [linking.marked_text(FLAGS.text)]
+  if bool(FLAGS.export) == bool(FLAGS.workdir):
+    raise app.UsageError("give exactly one of --export and --workdir")
+  if FLAGS.export:
+    linker = linking.Linker.from_pretrained(FLAGS.export, FLAGS.store)
+  else:
+    if not FLAGS.world:
+      raise app.UsageError("--workdir needs --world (the world whose entities to link to)")
+    linker = recipes.open_linker(FLAGS.workdir, FLAGS.data, FLAGS.world,
+                                 FLAGS.store or "exact")
   reranker = recipes.open_reranker(FLAGS.rerank) if FLAGS.rerank else None
-  linked = linker.link(records, FLAGS.top_k, reranker)
-  if FLAGS.output:
-    tmp = FLAGS.output + ".tmp"
-    with open(tmp, "w") as f:
+  if FLAGS.text:
+    spans = linker.link([FLAGS.text], FLAGS.top_k, reranker)[0]["spans"]
+    for span in spans:
+      top = ", ".join(f"{e['title']} ({e['score']:.2f})" for e in span["entities"][:5])
+      print(f"{span['mention']!r} -> {top}")
+    sys.stdout.flush()
+    print(json.dumps({"linked": len(spans), "top": [s["entities"][0] if s["entities"] else
+                                                    None for s in spans]}))
+    return
+  print(json.dumps(link_file(linker, FLAGS.input, FLAGS.output, FLAGS.top_k, reranker,
+                             FLAGS.chunk)))
+
+
+def link_file(linker: linking.Linker, input_path: str, output: str | None, top_k: int,
+              reranker=None, chunk: int = 256) -> dict[str, Any]:
+  """Links every line of `input_path` in chunks, writing each chunk's lines as they are
+  linked (to output + ".tmp", renamed at the end, so a failed run leaves no partial output
+  under the final name). Returns counts and rates."""
+  start = time.perf_counter()
+  documents = mentions = 0
+  tmp = output + ".tmp" if output else None
+  sink = open(tmp, "w") if tmp else None
+  bar = tqdm(desc="linking", unit="doc", mininterval=2.0, disable=jax.process_index() != 0)
+  try:
+    shown = 0
+    for part in _chunks(_iter_jsonl(input_path), chunk):
+      try:
+        linked = linker.link([record for _, record in part], top_k, reranker)
+      except ValueError as e:
+        # Name the file and the line: the linker counts lines within the chunk.
+        raise ValueError(f"{input_path}: {_renumbered(str(e), part)}") from None
       for record in linked:
-        f.write(json.dumps(record) + "\n")
-    os.replace(tmp, FLAGS.output)
-  for record in linked[:5] if FLAGS.output else linked:
-    top = ", ".join(f"{e['title']} ({e['score']:.2f})" for e in record["entities"][:5])
-    print(f"{record['mention']!r} -> {top}")
-  sys.stdout.flush()
-  print(json.dumps({"linked": len(linked), "output": FLAGS.output,
-                    "top": [r["entities"][0] if r["entities"] else None for r in linked[:3]]}))
+        mentions += len(record["spans"]) if "spans" in record else 1
+        if sink is not None:
+          sink.write(json.dumps(record) + "\n")
+        elif shown < 5:
+          shown += 1
+          print(json.dumps(record))
+      documents += len(linked)
+      bar.update(len(linked))
+    if sink is not None:
+      sink.close()
+      os.replace(tmp, output)
+  finally:
+    bar.close()
+    if sink is not None and not sink.closed:
+      sink.close()
+      os.remove(tmp)
+  seconds = time.perf_counter() - start
+  return {"documents": documents, "mentions": mentions, "output": output,
+          "seconds": round(seconds, 2),
+          "documents_per_s": round(documents / seconds, 1) if seconds else None,
+          "mentions_per_s": round(mentions / seconds, 1) if seconds else None}
+
+
+def _renumbered(message: str, part: list[tuple[int, Any]]) -> str:
+  """ "input line 3: ..." from the linker (3rd of the chunk) -> "line 1027: ..."."""
+  match = re.match(r"input line (\d+): ", message)
+  if not match:
+    return message
+  return f"line {part[int(match.group(1)) - 1][0]}: {message[match.end():]}"
 
 
 def _main_end_to_end() -> None:
+  if not FLAGS.workdir or not FLAGS.world:
+    raise app.UsageError("--end_to_end needs --workdir (an EntQA reader) and --world")
   e2e = recipes.open_document_linker(FLAGS.workdir, FLAGS.data)
   records = _read_jsonl(FLAGS.input) if FLAGS.input else [{"text": FLAGS.text}]
   top_k = FLAGS.top_k if FLAGS["top_k"].present else None
@@ -122,5 +208,4 @@ FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["workdir", "world"])
   app.run(main)

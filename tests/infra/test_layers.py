@@ -6,7 +6,7 @@ import inside a function is kept only for an optional or heavy dependency, with 
   L1 shared pieces   models, data, index
   L2 libraries       evals (metrics, inference, retrieval, linking), training (loop, params)
   L3 recipes         recipes.<name> (each imports itself, recipes.base and BLINK only)
-  L4 entry points    train, evaluate, link, encode, quickstart, bench, weights (nothing
+  L4 entry points    train, evaluate, link, encode, quickstart, bench, weights, export (nothing
                      imports them)
 """
 
@@ -14,7 +14,8 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "zel_jax"
-ENTRY_POINTS = {"train", "evaluate", "link", "encode", "quickstart", "bench", "weights"}
+ENTRY_POINTS = {"train", "evaluate", "link", "encode", "quickstart", "bench", "weights",
+                "export"}
 LAYERS = {"sharding": 0, "checkpoint": 0, "optim": 0, "losses": 0, "metric_writer": 0,
           "workdir_io": 0, "configs": 0, "models": 1, "data": 1, "index": 1, "evals": 2,
           "training": 2, "recipes": 3, **{name: 4 for name in ENTRY_POINTS}}

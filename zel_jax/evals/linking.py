@@ -18,7 +18,8 @@ from zel_jax import index as index_lib
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import zeshel
-from zel_jax.evals import inference, retrieval
+from zel_jax.evals import export_io, inference, retrieval
+from zel_jax.index.entity_kb import EntityKB
 
 
 @dataclasses.dataclass
@@ -52,45 +53,122 @@ class DocumentLinker(Protocol):
 
 
 class Linker:
-  """A retriever plus one world's entity store, ready to link mentions. The store is built
-  once per checkpoint (and kind of store) and kept under W/stores/."""
+  """A retriever plus a knowledge base (its entities, their vectors and the store over them),
+  ready to link mentions. Opened from a training workdir and one world of a ZESHEL-layout
+  folder (`for_world`; the store is built once per checkpoint and kept under W/stores/), or
+  from an export (`from_pretrained`, no workdir needed). Entities can be added and removed
+  without retraining and without re-encoding the others; an export's knowledge base is
+  rewritten atomically after each change."""
 
-  def __init__(self, retriever: LoadedRetriever, workdir: str, data: str | None, world: str,
-               store: str = "exact"):
+  def __init__(self, retriever: LoadedRetriever, kb: EntityKB, world: str = "",
+               dataset: zeshel.ZeshelDataset | None = None, kb_path: str | None = None):
     self.config = retriever.config
-    self.dataset = zeshel.ZeshelDataset(data or self.config.data.dir)
-    if world not in self.dataset.worlds():
-      raise ValueError(f"unknown world {world!r}; worlds: {self.dataset.worlds()}")
-    self.world = world
     self.mesh, self.model, self.featurizer = retriever.mesh, retriever.model, retriever.featurizer
-    self.params, self.views = retriever.params, retriever.views
-    self.encode_mentions, encode_entities = inference.encoders(self.model)
-    self.entities = {e.document_id: e for e in self.dataset.iter_entities(world)}
-    self.doc_ids = np.asarray(list(self.entities))
-    kind = store if self.views == "global" else f"{store}.{self.views}"
-    self.store = self._store(retrieval.store_path(workdir, world, retriever.step, kind), store,
-                             encode_entities)
+    self.params, self.views, self.step = retriever.params, retriever.views, retriever.step
+    self.encode_mentions, self._encode_entities = inference.encoders(self.model)
+    self.kb, self.world, self.dataset, self.kb_path = kb, world, dataset, kb_path
 
-  def _store(self, path: str, kind: str, encode_entities):
+  @classmethod
+  def for_world(cls, retriever: LoadedRetriever, workdir: str, data: str | None, world: str,
+                store: str = "exact") -> "Linker":
+    """One world of a ZESHEL-layout folder (data, default the config's). Its vectors are
+    cached as an exact store under W/stores/ (read back when it holds the world's entity
+    count), and another kind of store is built from them."""
+    config = retriever.config
+    dataset = zeshel.ZeshelDataset(data or config.data.dir)
+    if world not in dataset.worlds():
+      raise ValueError(f"unknown world {world!r}; worlds: {dataset.worlds()}")
+    entities = list(dataset.iter_entities(world))
+    views = retriever.views
+    suffix = "" if views == "global" else f".{views}"
+    path = retrieval.store_path(workdir, world, retriever.step, "exact" + suffix)
+    vectors = owners = None
     if os.path.isdir(path):
-      loaded = index_lib.load_store(path, **({"mesh": self.mesh} if kind == "device" else {}))
-      held = len(loaded) if self.views == "global" else len(np.unique(loaded.ids))
-      if held == len(self.doc_ids):
-        return loaded
-      logging.warning("%s holds %d entities, the world %d: rebuilding", path, held,
-                      len(self.doc_ids))
-    world = examples_lib.world_entities(self.dataset, self.world, self.featurizer,
-                                        self.config.data.entity_length)
-    emb, owner = retrieval.entity_vectors(encode_entities, self.params, self.featurizer, world,
-                                         self.config, self.mesh, self.views)
-    built = retrieval.build_store(kind, emb, self.mesh,
-                                 ids=None if self.views == "global" else owner)
-    if kind == "device" or jax.process_index() == 0:
-      built.save(path)  # A device store's save is collective: each process writes its rows.
-    return built
+      cached = index_lib.load_store(path)
+      held = len(cached) if views == "global" else len(np.unique(cached.ids))
+      if held == len(entities):
+        vectors, owners = cached.table, (None if views == "global" else cached.ids)
+      else:
+        logging.warning("%s holds %d entities, the world %d: rebuilding", path, held,
+                        len(entities))
+    if vectors is None:
+      table = examples_lib.world_entities(dataset, world, retriever.featurizer,
+                                          config.data.entity_length)
+      _, encode_entities = inference.encoders(retriever.model)
+      vectors, owners = retrieval.entity_vectors(encode_entities, retriever.params,
+                                                 retriever.featurizer, table, config,
+                                                 retriever.mesh, views)
+      if jax.process_index() == 0:
+        retrieval.build_store("exact", vectors,
+                              ids=None if views == "global" else owners).save(path)
+    kb = EntityKB([e.document_id for e in entities], [e.title for e in entities],
+                  [e.text for e in entities], vectors, owners, views, store, retriever.mesh)
+    return cls(retriever, kb, world, dataset)
+
+  @classmethod
+  def from_pretrained(cls, path: str, store: str | None = None) -> "Linker":
+    """An export (`python -m zel_jax.export`): its retriever and knowledge base, which
+    add_entities / remove_entities rewrite in place. store: another kind of store than the
+    exported one (exact, scann, device), built from the vectors."""
+    exported = export_io.read_retriever(path)
+    kb = export_io.read_kb(path, store, exported.mesh)
+    retriever = LoadedRetriever(exported.config, exported.mesh, exported.model,
+                                exported.featurizer, exported.params, exported.step,
+                                exported.views)
+    return cls(retriever, kb, exported.manifest.get("world", ""),
+               kb_path=os.path.join(path, "kb"))
+
+  @property
+  def store(self):
+    return self.kb.store
+
+  @property
+  def doc_ids(self) -> np.ndarray:
+    return np.asarray(self.kb.ids)
+
+  def entity(self, row: int) -> zeshel.Entity:
+    return zeshel.Entity(self.kb.ids[row], self.kb.titles[row], self.kb.texts[row], self.world)
+
+  def add_entities(self, records: Sequence[dict[str, Any]]) -> int:
+    """Adds entities {"document_id" (or "id"), "title", "text"}: only they are encoded, the
+    store is rebuilt from the vectors held. Returns the number added."""
+    ids, titles, texts = [], [], []
+    for i, record in enumerate(records):
+      doc_id = record.get("document_id", record.get("id"))
+      for field, value in (("document_id", doc_id), ("title", record.get("title")),
+                           ("text", record.get("text"))):
+        if not isinstance(value, str) or (field != "text" and not value.strip()):
+          raise ValueError(f"entity {i}: field {field!r} missing, empty or not a string")
+      ids.append(doc_id)
+      titles.append(record["title"])
+      texts.append(record["text"])
+    if not ids:
+      return 0
+    table = examples_lib.WorldEntities(self.world, np.asarray(ids), titles, texts,
+                                       self.featurizer.entity_features(
+                                           titles, texts, self.config.data.entity_length))
+    vectors, owners = retrieval.entity_vectors(self._encode_entities, self.params,
+                                               self.featurizer, table, self.config,
+                                               self.mesh, self.views)
+    self.kb.add(ids, titles, texts, vectors, owners)
+    self._persist()
+    return len(ids)
+
+  def remove_entities(self, ids: Sequence[str]) -> int:
+    """Removes entities by id (an unknown id is an error). Returns the number removed."""
+    self.kb.remove(ids)
+    self._persist()
+    return len(ids)
+
+  def _persist(self) -> None:
+    if self.kb_path is not None and jax.process_index() == 0:
+      self.kb.save(self.kb_path)
 
   def _pieces(self, record: dict[str, Any], line: int) -> tuple[str, str, str]:
     if "context_document_id" in record:
+      if self.dataset is None:
+        raise ValueError(f"input line {line}: a ZESHEL mention record needs the ZESHEL "
+                         "folder its context document is in; give {text, start, end}")
       try:
         tokens = self.dataset.document(record["context_document_id"]).text.split()
         start, end = int(record["start_index"]), int(record["end_index"])
@@ -105,14 +183,49 @@ class Linker:
       if field not in record:
         raise ValueError(f"input line {line}: field {field!r} missing (give a ZESHEL mention "
                          "record or {text, start, end})")
-    text, start, end = record["text"], int(record["start"]), int(record["end"])
+    text = record["text"]
+    if not isinstance(text, str):
+      raise ValueError(f"input line {line}: field 'text' is not a string")
+    try:
+      start, end = int(record["start"]), int(record["end"])
+    except (TypeError, ValueError):
+      raise ValueError(f"input line {line}: fields 'start' and 'end' must be integers, got "
+                       f"{record['start']!r} and {record['end']!r}") from None
     if not 0 <= start < end <= len(text):
       raise ValueError(f"input line {line}: span [{start}, {end}) outside the text of "
                        f"{len(text)} characters")
     return text[:start], text[start:end], text[end:]
 
-  def link(self, records: Sequence[dict[str, Any]], top_k: int = 16,
+  def link(self, items: Sequence[dict[str, Any] | str], top_k: int = 16,
            reranker: PairScorer | None = None) -> list[dict[str, Any]]:
+    """Links mentions and texts. Each item is a mention ({text, start, end} in characters,
+    end exclusive, or a ZESHEL mention record): returned with "mention" and "entities"
+    [{document_id, title, score}, ...] best first; or a text with its mentions, a string
+    marked "a [[mention]] here" (any number of marks) or {text, spans: [{start, end}, ...]}:
+    returned as {..., "spans": [{start, end, mention, document_id, title, score, entities}]}
+    (the best entity first, the top_k in "entities")."""
+    mentions, owner = [], []
+    for i, item in enumerate(items):
+      for mention in _mentions_of(item, i + 1):
+        mentions.append(mention)
+        owner.append(i)
+    linked = self._link_mentions(mentions, top_k, reranker)
+    out = [None] * len(items)
+    for i, item in enumerate(items):
+      if _is_mention(item):
+        out[i] = linked[owner.index(i)]
+        continue
+      spans = []
+      for record in (r for r, o in zip(linked, owner) if o == i):
+        best = record["entities"][0] if record["entities"] else {}
+        spans.append({"start": record["start"], "end": record["end"],
+                      "mention": record["mention"], **best, "entities": record["entities"]})
+      base = {"text": _plain_text(item)} if isinstance(item, str) else dict(item)
+      out[i] = {**base, "spans": spans}
+    return out
+
+  def _link_mentions(self, records: Sequence[dict[str, Any]], top_k: int,
+                     reranker: PairScorer | None) -> list[dict[str, Any]]:
     pieces = [self._pieces(r, i + 1) for i, r in enumerate(records)]
     if not pieces:
       return []
@@ -121,12 +234,11 @@ class Linker:
                                              self.config.data.mention_length)
     emb = inference.embed_rows(self.encode_mentions, self.params, feats, self.mesh,
                               self.config.eval_batch_size, self.config.sharding.batch_axes)
-    scores, rows = retrieval.search_entities(self.store, emb, min(top_k, len(self.doc_ids)),
-                                            self.views, len(self.doc_ids))
+    scores, rows = self.kb.search(emb, top_k)
     retrieval_scores = scores
     if reranker is not None:
-      scores = reranker.score(pieces, [[self.entities[str(self.doc_ids[r])] for r in row
-                                        if r >= 0] for row in rows])
+      scores = reranker.score(pieces, [[self.entity(r) for r in row if r >= 0]
+                                       for row in rows])
       order = np.argsort(-scores, axis=1, kind="stable")
       scores = np.take_along_axis(scores, order, 1)
       rows = np.take_along_axis(rows, order, 1)
@@ -134,14 +246,56 @@ class Linker:
     out = []
     for record, mention, score_row, id_row, retrieval_row in zip(records, mentions, scores,
                                                                  rows, retrieval_scores):
-      found = [{"document_id": str(self.doc_ids[r]), "title": self.entities[
-          str(self.doc_ids[r])].title, "score": round(float(s), 4)}
-               for r, s in zip(id_row, score_row) if r >= 0]
+      found = [{"document_id": self.kb.ids[r], "title": self.kb.titles[r],
+                "score": round(float(s), 4)} for r, s in zip(id_row, score_row) if r >= 0]
       if reranker is not None:
         for entity, r in zip(found, retrieval_row[id_row >= 0]):
           entity["retrieval_score"] = round(float(r), 4)
       out.append({**record, "mention": mention, "entities": found})
     return out
+
+
+def _is_mention(item: Any) -> bool:
+  return isinstance(item, dict) and ("start" in item or "context_document_id" in item)
+
+
+def _plain_text(text: str) -> str:
+  return re.sub(r"\[\[(.+?)\]\]", r"\1", text)
+
+
+def _mentions_of(item: Any, line: int) -> list[dict[str, Any]]:
+  """The mention records of one item of Linker.link (see there)."""
+  if isinstance(item, str):
+    return marked_mentions(item)
+  if not isinstance(item, dict):
+    raise ValueError(f"input line {line}: a mention or text record (a JSON object) or a "
+                     f"marked string, got {type(item).__name__}")
+  if _is_mention(item):
+    return [item]
+  if "spans" not in item:
+    raise ValueError(f"input line {line}: give the mentions: {{text, start, end}}, "
+                     "{text, spans: [{start, end}]} or a string with [[marked]] mentions "
+                     "(finding mentions in raw text needs an EntQA reader: link "
+                     "--end_to_end)")
+  if not isinstance(item["spans"], list):
+    raise ValueError(f"input line {line}: field 'spans' must be a list of {{start, end}}")
+  out = []
+  for j, span in enumerate(item["spans"]):
+    if not isinstance(span, dict) or "start" not in span or "end" not in span:
+      raise ValueError(f"input line {line}: field 'spans[{j}]' must be {{start, end}}")
+    out.append({"text": item.get("text"), "start": span["start"], "end": span["end"]})
+  return out
+
+
+def marked_mentions(text: str) -> list[dict[str, Any]]:
+  """ "a [[b]] c [[d]]" -> [{"text": "a b c d", "start": 2, "end": 3}, {..., 6, 7}]."""
+  plain, spans = _plain_text(text), []
+  for n, match in enumerate(re.finditer(r"\[\[(.+?)\]\]", text)):
+    start = match.start() - 4 * n  # Each earlier mark dropped its four brackets.
+    spans.append({"text": plain, "start": start, "end": start + len(match.group(1))})
+  if not spans:
+    raise ValueError(f"mark the mention with double brackets: {text!r}")
+  return spans
 
 
 def marked_text(text: str) -> dict[str, Any]:

@@ -36,22 +36,26 @@ PACKAGED_MODELS = {
 # Hugging Face checkpoint conversion.
 
 
-def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable]]:
-  """Maps each Hugging Face tensor name (no prefix) to (our param path, transform)."""
+def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable, Callable]]:
+  """Maps each Hugging Face tensor name (no prefix) to (our param path, transform, inverse):
+  transform reads a checkpoint tensor into our layout, inverse writes ours back (export)."""
   h, nh, hd = config.hidden_size, config.num_heads, config.head_dim
   same = lambda w: w
+  transposed = lambda w: w.T
+  # Position rows below the offset (RoBERTa-style checkpoints) are not kept; the exporter
+  # takes them back from the source checkpoint.
   table = {
-      "embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), same),
+      "embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), same, same),
       "embeddings.position_embeddings.weight": (
-          ("position_embeddings", "embedding"), lambda w: w[config.position_offset:]),
-      "embeddings.LayerNorm.weight": (("embeddings_norm", "norm", "scale"), same),
-      "embeddings.LayerNorm.bias": (("embeddings_norm", "norm", "bias"), same),
+          ("position_embeddings", "embedding"), lambda w: w[config.position_offset:], same),
+      "embeddings.LayerNorm.weight": (("embeddings_norm", "norm", "scale"), same, same),
+      "embeddings.LayerNorm.bias": (("embeddings_norm", "norm", "bias"), same, same),
   }
   if config.type_vocab_size:
     table["embeddings.token_type_embeddings.weight"] = (("token_type_embeddings", "embedding"),
-                                                        same)
+                                                        same, same)
   if config.relative_attention_buckets:
-    table["encoder.relative_attention_bias.weight"] = (("relative_attention_bias",), same)
+    table["encoder.relative_attention_bias.weight"] = (("relative_attention_bias",), same, same)
   mpnet = config.model_type == "mpnet"
   # MPNet names the attention block attention.attn.{q,k,v,o} and its norm attention.LayerNorm.
   projections = ({"query": "attn.q", "key": "attn.k", "value": "attn.v"} if mpnet else
@@ -62,21 +66,31 @@ def _hf_to_ours(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable
     for name, theirs in projections.items():
       # torch Linear stores [out, in]; ours is [embed, heads, kv].
       table[f"{src}attention.{theirs}.weight"] = (
-          (dst, "attention", name, "kernel"), lambda w: w.T.reshape(h, nh, hd))
+          (dst, "attention", name, "kernel"), lambda w: w.T.reshape(h, nh, hd),
+          lambda k: k.reshape(h, h).T)
       table[f"{src}attention.{theirs}.bias"] = (
-          (dst, "attention", name, "bias"), lambda b: b.reshape(nh, hd))
+          (dst, "attention", name, "bias"), lambda b: b.reshape(nh, hd),
+          lambda b: b.reshape(h))
     table[f"{src}attention.{out_name}.weight"] = (
-        (dst, "attention", "out", "kernel"), lambda w: w.T.reshape(nh, hd, h))
-    table[f"{src}attention.{out_name}.bias"] = ((dst, "attention", "out", "bias"), same)
-    table[f"{src}attention.{norm_name}.weight"] = ((dst, "attention_norm", "norm", "scale"), same)
-    table[f"{src}attention.{norm_name}.bias"] = ((dst, "attention_norm", "norm", "bias"), same)
-    table[f"{src}intermediate.dense.weight"] = ((dst, "intermediate", "kernel"), lambda w: w.T)
-    table[f"{src}intermediate.dense.bias"] = ((dst, "intermediate", "bias"), same)
-    table[f"{src}output.dense.weight"] = ((dst, "output", "kernel"), lambda w: w.T)
-    table[f"{src}output.dense.bias"] = ((dst, "output", "bias"), same)
-    table[f"{src}output.LayerNorm.weight"] = ((dst, "output_norm", "norm", "scale"), same)
-    table[f"{src}output.LayerNorm.bias"] = ((dst, "output_norm", "norm", "bias"), same)
+        (dst, "attention", "out", "kernel"), lambda w: w.T.reshape(nh, hd, h),
+        lambda k: k.reshape(h, h).T)
+    table[f"{src}attention.{out_name}.bias"] = ((dst, "attention", "out", "bias"), same, same)
+    for theirs, ours in ((f"attention.{norm_name}", "attention_norm"),
+                         ("output.LayerNorm", "output_norm")):
+      table[f"{src}{theirs}.weight"] = ((dst, ours, "norm", "scale"), same, same)
+      table[f"{src}{theirs}.bias"] = ((dst, ours, "norm", "bias"), same, same)
+    table[f"{src}intermediate.dense.weight"] = ((dst, "intermediate", "kernel"), transposed,
+                                                transposed)
+    table[f"{src}intermediate.dense.bias"] = ((dst, "intermediate", "bias"), same, same)
+    table[f"{src}output.dense.weight"] = ((dst, "output", "kernel"), transposed, transposed)
+    table[f"{src}output.dense.bias"] = ((dst, "output", "bias"), same, same)
   return table
+
+
+def hf_tensor_names(config: BertConfig) -> dict[str, tuple[tuple[str, ...], Callable]]:
+  """Hugging Face tensor name -> (our param path, inverse transform): how to write a BERT or
+  MPNet parameter tree back under the checkpoint's names (models/hf_export.py)."""
+  return {name: (path, inverse) for name, (path, _, inverse) in _hf_to_ours(config).items()}
 
 
 # Tensors a BERT checkpoint may carry that the encoder deliberately does not use: the pooler
@@ -240,7 +254,7 @@ def load_params(path: str, model: BertModel, shardings: Any = None) -> Any:
         sources[table[name][0]] = raw
       elif not _IGNORED.match(name):
         unexpected.append(raw)
-    missing = [_path_str(p) + f" (from {name!r})" for name, (p, _) in table.items()
+    missing = [_path_str(p) + f" (from {name!r})" for name, (p, *_) in table.items()
                if p not in sources]
     problems = []
     if missing:

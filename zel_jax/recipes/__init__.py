@@ -77,7 +77,8 @@ def open_linker(workdir: str, data: str | None, world: str, store: str = "exact"
   to link mentions; untrained: the encoder before training (the baseline)."""
   recipe, config = for_workdir(workdir)
   load = recipe.hook("retriever", "retrieve entities: link needs a retriever's workdir")
-  return linking.Linker(load(workdir, config, untrained), workdir, data, world, store)
+  return linking.Linker.for_world(load(workdir, config, untrained), workdir, data, world,
+                                  store)
 
 
 def open_reranker(workdir: str) -> linking.PairScorer:
