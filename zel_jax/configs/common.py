@@ -98,9 +98,12 @@ def checkpoints(config, log_every=50, checkpoint_every=500, keep=3):
 
 def evals(evaluator: str, splits=("val", "test"), every: int = 0):
   """The evaluation section: `type` names the recipe's evaluator, run on `splits` after
-  training and, when every > 0, every that many steps during it (zel_jax/evals/base.py)."""
+  training and, when every > 0, every that many steps during it (zel_jax/evals/base.py).
+  best_metric ("<split>/<metric>", e.g. "val/recall@64", higher is better): the parameters
+  of the step that scored best among those evaluations are kept in W/best/."""
   section = ml_collections.ConfigDict()
   section.type = evaluator
   section.splits = tuple(splits)
   section.every = every
+  section.best_metric = ""
   return section

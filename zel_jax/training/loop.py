@@ -11,6 +11,7 @@ family: parameters are built and restored through zel_jax.training.params.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -209,7 +210,9 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
       donate_argnums=(0, 1))
 
   writer = metric_writer.MetricWriter(workdir)
+  best = BestKeeper(workdir, config)
   progress = _Progress(steps, step)
+  started, first_step = time.time(), step
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last: dict[str, Any] = {}
   tick, tick_step = time.time(), step
@@ -230,6 +233,7 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
         tick, tick_step = time.time(), step
         pending = []
         progress.update(0, loss=f"{last['loss']:.4f}")
+        _log_line(step, steps, last, started, first_step)
       progress.update(1)
       if at_save or preempted:
         meta = {"pipeline": batches.state()}
@@ -237,7 +241,9 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
           meta.update(recipe.checkpoint_meta())
         ckpt.save(step, {"params": params, "opt_state": opt_state}, meta=meta, force=True)
       if evaluator is not None and eval_every > 0 and step % eval_every == 0 and step < steps:
-        writer.write(step, evals_base.scalars(evaluator.run(params, step)))
+        measured_evals = evals_base.scalars(evaluator.run(params, step))
+        writer.write(step, measured_evals)
+        best.offer(step, measured_evals, params)
       if preempted:
         ckpt.wait()
         logging.warning("preempted: saved step %d; the next start resumes from it", step)
@@ -246,7 +252,78 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
     progress.close()
     writer.close()
     ckpt.close()
+    best.close()
   return Outcome(params, step, last, preempted=False)
+
+
+def _log_line(step: int, steps: int, last: dict[str, Any], started: float,
+              first_step: int) -> None:
+  """One plain line per log interval (process 0), so that a SLURM or TPU log without a
+  terminal shows progress: step, loss, examples/s and the ETA at this run's mean rate."""
+  if jax.process_index() != 0:
+    return
+  rate = (step - first_step) / max(time.time() - started, 1e-9)
+  eta = (steps - step) / rate if rate > 0 else float("inf")
+  logging.info("step %d/%d  loss %.4f  %.1f examples/s  ETA %s", step, steps, last["loss"],
+               last["examples_per_s"], _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class BestKeeper:
+  """Keeps the parameters of the best-scoring evaluated step in W/best/ (an Orbax checkpoint
+  with the "params" item, as W/checkpoints/ steps hold) and W/best.json ({metric, value,
+  step}); config.evals.best_metric names the metric ("" turns it off). Survives resumption:
+  the best so far is read back from W/best.json."""
+
+  def __init__(self, workdir: str, config):
+    self.metric = str(config.evals.get("best_metric", "")) if "evals" in config else ""
+    self._path = os.path.join(workdir, "best.json")
+    self._directory = os.path.join(workdir, "best")
+    self._ckpt = None
+    self.value = None
+    splits = tuple(config.evals.get("splits", ())) if "evals" in config else ()
+    if self.metric and self.metric.split("/")[0] not in splits:
+      raise ValueError(f"config.evals.best_metric={self.metric!r}: its split is not among "
+                       f"config.evals.splits {splits} (give \"<split>/<metric>\", e.g. "
+                       "\"val/recall@64\")")
+    if self.metric and os.path.exists(self._path):
+      with open(self._path) as f:
+        self.value = float(json.load(f)["value"])
+
+  def offer(self, step: int, measured: dict[str, float], params: Any) -> bool:
+    """Saves `params` when measured[metric] beats the best so far; returns whether it did."""
+    if not self.metric:
+      return False
+    if self.metric not in measured:
+      raise KeyError(f"config.evals.best_metric={self.metric!r} is not among the evaluated "
+                     f"metrics {sorted(measured)}")
+    value = float(measured[self.metric])
+    if self.value is not None and value <= self.value:
+      return False
+    if self._ckpt is None:
+      self._ckpt = checkpoint_lib.Checkpointer(self._directory, keep=1)
+    self._ckpt.save(step, {"params": params}, meta={self.metric: value}, force=True)
+    self._ckpt.wait()  # best.json must never name a step that is not on disk.
+    self.value = value
+    if jax.process_index() == 0:
+      tmp = self._path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump({"metric": self.metric, "value": value, "step": int(step)}, f)
+      os.replace(tmp, self._path)
+    logging.info("best %s so far: %.4f at step %d (kept in %s)", self.metric, value, step,
+                 self._directory)
+    return True
+
+  def close(self) -> None:
+    if self._ckpt is not None:
+      self._ckpt.close()
+      self._ckpt = None
 
 
 def _flush(pending, writer, step, tick, tick_step, batch_size) -> dict[str, Any]:
@@ -277,4 +354,9 @@ def run_and_evaluate(config, workdir: str, spec: TrainSpec, mesh,
   if outcome.preempted:
     return outcome, {"preempted_at": outcome.step, **outcome.last}
   reports = evals_base.evaluate_and_write(evaluator, outcome.params, outcome.step, workdir)
+  best = BestKeeper(workdir, config)
+  try:
+    best.offer(outcome.step, evals_base.scalars(reports), outcome.params)
+  finally:
+    best.close()
   return outcome, {**outcome.last, "evals": reports}
