@@ -219,3 +219,15 @@ def test_batch_linking_of_a_corpus_from_the_export(exported, tmp_path):
   with pytest.raises(ValueError, match=r"docs.jsonl: line 5: fields 'start' and 'end' must"):
     link_cli.link_file(linker, str(corpus), str(links), 3, chunk=2)
   assert not links.exists() and not (tmp_path / "links.jsonl.tmp").exists()
+
+
+def test_bench_kb_adds_and_removes_in_a_larger_store(exported):
+  from zel_jax.bench import kb as bench_kb
+  _, _, out, _ = exported
+  result = bench_kb.bench_kb(str(out), size=300, add=20, rebuild_sample=100)
+  assert (result["entities"], result["added"], result["rebuild_encode_measured_on"]) == (
+      300, 20, 100)
+  assert result["rebuild_s"] > 0 and result["add_s"] > 0 and result["remove_s"] > 0
+  assert result["kb_bytes"] > 300 * 32 * 4  # The vectors alone.
+  # The export itself is untouched: the benchmark's store lives in a scratch folder.
+  assert len(linking.Linker.from_pretrained(str(out)).kb) == 56
