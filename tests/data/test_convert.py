@@ -258,7 +258,7 @@ def test_bad_kb_rows_name_file_line_and_field(tmp_path, row, field, message):
     convert.convert_kb(source, "jsonl", "things", tmp_path / "data")
   where = f"{source}:3: " + (f"field {field!r}: " if field else "")
   assert str(info.value).startswith(where) and message in str(info.value)
-  assert not (tmp_path / "data" / "documents").exists()
+  assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
 
 
 def test_bad_csv_rows_and_header(tmp_path):

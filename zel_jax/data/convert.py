@@ -17,6 +17,8 @@ written). Input formats (`--format`):
          entity's 0-based position in the file (BLINK's local id).
 Aliases go into an extra `aliases` field of the document record (only where there are
 some): the reader ignores extra fields, and `--gold=title` resolves mentions through them.
+Document ids are unique across a ZESHEL directory, so an id another documents file of DIR
+already has is a bad row (two KBs numbered 1..N go into two folders).
 
 `mentions` writes DIR/mentions/<split>.json against the KB already converted into DIR, and
 the texts the mentions sit in as DIR/documents/<world>.<split>.contexts.json: a world of its
@@ -29,10 +31,13 @@ whitespace tokens and its `text` equals them. `category` is ZESHEL's
 (`zeshel.category_of(mention, gold title)`), `corpus` the world. The split file keeps the
 mentions of other worlds and replaces this world's. Input formats:
   blink  BLINK's rows: `context_left`, `mention`, `context_right` and the gold `label_id`;
-         mention_id from `query_id` (BLINK's benchmark files), `id`, else generated.
+         the mention_id is `query_id` (BLINK's benchmark files), else `id`, else
+         `<world>-<split>-<line>`; the context text is the three pieces' words.
   jsonl  `{"text", "start", "end", "entity_id", "id"?}` (character offsets, end exclusive),
          or several mentions of one text: `{"text", "id"?, "title"?, "mentions": [{"start",
          "end", "entity_id", "id"?}, ...]}`; `title` becomes the context document's title.
+         A mention without `id` is `<world>-<split>-<line>` (the k-th of a list: the text's
+         `id` or that, then `-<k>`).
 The gold (`--gold`) is read one of three ways:
   index  (blink's default) `label_id` is the 0-based position of the entity in the KB, as in
          BLINK's training files (and ZESHEL's BLINK conversion): the order of
@@ -47,10 +52,12 @@ The gold (`--gold`) is read one of three ways:
 A bad row (malformed JSON or CSV, a missing or mistyped field, an empty or duplicate id, a
 span outside its text, an unknown gold) is an error `path:line: field 'name': ...`. With
 `--skip-bad` it goes with its line, field and reason to DIR/rejects/documents.<world>.jsonl
-(kb) or DIR/rejects/mentions.<world>.<split>.jsonl, and the rest is converted. Every output
+(kb) or DIR/rejects/mentions.<world>.<split>.jsonl, and the rest is converted (a CSV whose
+header lacks a column, or that is not UTF-8, is an error of the file either way). Every output
 is written to a temporary name and renamed into place only when the whole input converted,
-so a failed run leaves earlier outputs as they were and a rerun writes the same files. The
-last stdout line is one JSON object of counts.
+so a failed run leaves earlier outputs as they were and a rerun writes the same files (a
+clean run without --skip-bad removes an earlier run's rejects file). The last stdout line is
+one JSON object of counts (written, rejected).
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ import json
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from zel_jax.data import convert_io, zeshel
 from zel_jax.data.convert_io import BadRow
@@ -136,37 +143,45 @@ def _other_ids(out: pathlib.Path, skip: pathlib.Path) -> dict[str, str]:
 
 def convert_kb(input_path: os.PathLike | str, fmt: str, world: str, out_dir: os.PathLike | str,
                skip_bad: bool = False) -> dict[str, Any]:
-  """Converts a KB file into OUT/documents/<world>.json; returns the counts."""
+  """Converts a KB file into OUT/documents/<world>.json; returns the counts.
+
+  Documents stream from the input into the temporary output (BLINK's catalogue holds 5.9M
+  Wikipedia entities); only ids stay in memory, to find duplicates.
+  """
   if fmt not in KB_FORMATS:
     raise ValueError(f"--format for kb is one of {KB_FORMATS}, got {fmt!r}")
   source, out = pathlib.Path(input_path), pathlib.Path(out_dir)
   target = out / "documents" / f"{world}.json"
   rejects = convert_io.Rejects(source, skip_bad)
   elsewhere = _other_ids(out, target)
-  documents: list[dict[str, Any]] = []
   first_line: dict[str, int] = {}
-  rows = convert_io.csv_rows(source) if fmt == "csv" else convert_io.json_rows(source)
-  for position, (line, raw, record) in enumerate(rows):
-    try:
-      if isinstance(record, BadRow):
-        raise record
-      document, id_field = _kb_document(record, fmt, position)
-      document_id = document["document_id"]
-      if document_id in first_line:
-        raise BadRow(id_field, f"duplicate id {document_id!r} (first at line "
-                     f"{first_line[document_id]})")
-      if document_id in elsewhere:
-        raise BadRow(id_field, f"id {document_id!r} is already a document of "
-                     f"{elsewhere[document_id]}; ids are unique across a ZESHEL directory "
-                     "(convert this KB into its own --out)")
-    except BadRow as bad:
-      rejects.add(line, bad, raw)
-      continue
-    first_line[document_id] = line
-    documents.append(document)
+
+  def documents() -> Iterator[dict[str, Any]]:
+    rows = convert_io.csv_rows(source) if fmt == "csv" else convert_io.json_rows(source)
+    for position, (line, raw, record) in enumerate(rows):
+      try:
+        if isinstance(record, BadRow):
+          raise record
+        document, id_field = _kb_document(record, fmt, position)
+        document_id = document["document_id"]
+        if document_id in first_line:
+          raise BadRow(id_field, f"duplicate id {document_id!r} (first at line "
+                       f"{first_line[document_id]})")
+        if document_id in elsewhere:
+          raise BadRow(id_field, f"id {document_id!r} is already a document of "
+                       f"{elsewhere[document_id]}; ids are unique across a ZESHEL "
+                       "directory (convert this KB into its own --out)")
+      except BadRow as bad:
+        rejects.add(line, bad, raw)
+        continue
+      first_line[document_id] = line
+      yield document
+
   rejects_path = out / "rejects" / f"documents.{world}.jsonl"
-  convert_io.write_files({target: documents, rejects_path: rejects.rows if skip_bad else None})
-  return {"world": world, "documents": str(target), "written": len(documents),
+  # The rejects file is written after the documents, when rejects.rows is complete.
+  convert_io.write_files({target: documents(),
+                          rejects_path: iter(rejects.rows) if skip_bad else None})
+  return {"world": world, "documents": str(target), "written": len(first_line),
           "rejected": len(rejects.rows), "rejects": str(rejects_path) if skip_bad else None}
 
 
@@ -328,7 +343,7 @@ def _zeshel_records(spans: Sequence[_Span], kb: _Kb, world: str, split: str
   contexts, records = [], [{} for _ in spans]
   for text, group in by_text.items():
     context, at = _context(text, [spans[k] for k in group])
-    # Ids unique across the directory: ZESHEL-style hex under a prefix no KB id has.
+    # Ids are unique across a directory: a hash of the text, under a prefix apart from KB ids.
     document_id = f"context:{split}:{_hex_id(world, split, text)}"
     contexts.append({"document_id": document_id, "title": spans[group[0]].title,
                      "text": context})

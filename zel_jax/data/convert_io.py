@@ -13,7 +13,7 @@ import io
 import json
 import os
 import pathlib
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from zel_jax.data import zeshel
 
@@ -141,9 +141,10 @@ def identifier(record: dict[str, Any], name: str) -> str:
 # -- writing --------------------------------------------------------------------------------
 
 
-def write_files(files: dict[pathlib.Path, list[dict[str, Any]] | None]) -> None:
-  """JSON lines into each path (None: remove a stale file), every file complete under a
-  temporary name before any is renamed into place, so a failure changes nothing."""
+def write_files(files: dict[pathlib.Path, Iterable[dict[str, Any]] | None]) -> None:
+  """JSON lines into each path (None: remove a stale file), in the dict's order, every file
+  complete under a temporary name before any is renamed into place, so a failure (also one
+  raised by a generator of records) changes nothing."""
   written: list[tuple[pathlib.Path, pathlib.Path]] = []
   try:
     for path, records in files.items():
