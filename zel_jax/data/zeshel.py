@@ -3,7 +3,8 @@
     DATA/documents/<world>.json   one entity per line: document_id, title, text
     DATA/mentions/<split>.json    one mention per line: mention_id, context_document_id,
                                   label_document_id, start_index, end_index, text, corpus,
-                                  category
+                                  category (optional: a knowledge base alone has no
+                                  mentions/, and encoding, indexing and linking need none)
 
 `start_index` and `end_index` are INCLUSIVE indices over the whitespace tokens of the context
 document's `text`. The entity set of a mention is the documents of its `corpus` world; its
@@ -244,9 +245,10 @@ class ZeshelDataset:
       raise ValueError(f"text_mismatch must be 'error' or 'warn', got {text_mismatch!r}")
     self.data_dir = pathlib.Path(data_dir)
     self.text_mismatch = text_mismatch
-    for sub in ("documents", "mentions"):
-      if not (self.data_dir / sub).is_dir():
-        raise FileNotFoundError(f"{self.data_dir}: no {sub}/ folder; not a ZESHEL directory")
+    # A knowledge base alone (documents/, no mentions/) is a complete directory: encoding,
+    # indexing and linking read only documents; what needs mentions says so when it asks.
+    if not (self.data_dir / "documents").is_dir():
+      raise FileNotFoundError(f"{self.data_dir}: no documents/ folder; not a ZESHEL directory")
     self._index: dict[str, _Location] | None = None
     self._known_worlds: frozenset[str] = frozenset()
     self._handles: dict[str, Any] = {}
@@ -260,7 +262,12 @@ class ZeshelDataset:
   def worlds(self) -> list[str]:
     return sorted(p.stem for p in (self.data_dir / "documents").glob("*.json"))
 
+  def has_mentions(self) -> bool:
+    """Whether there is a mentions/ folder (a knowledge base alone has none)."""
+    return (self.data_dir / "mentions").is_dir()
+
   def splits(self) -> list[str]:
+    """The mention splits; none for a knowledge base alone."""
     return sorted(p.stem for p in (self.data_dir / "mentions").glob("*.json"))
 
   def documents_path(self, world: str) -> pathlib.Path:
@@ -270,6 +277,12 @@ class ZeshelDataset:
     return path
 
   def mentions_path(self, split: str) -> pathlib.Path:
+    if not self.has_mentions():
+      raise FileNotFoundError(
+          f"{self.data_dir} has no mentions/ folder (a knowledge base alone), so no split "
+          f"{split!r}: training and evaluation need {self.data_dir}/mentions/{split}.json "
+          "(python -m zel_jax.data.convert mentions writes one); encoding, indexing and "
+          "linking need only documents/")
     path = self.data_dir / "mentions" / f"{split}.json"
     if not path.is_file():
       raise KeyError(f"unknown split {split!r}: no {path} (splits: {self.splits()})")
