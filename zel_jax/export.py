@@ -34,18 +34,22 @@ def define_flags() -> None:
   flags.DEFINE_enum("store", "exact", list(STORE_KINDS), "The store the export keeps: exact "
                     "(the vectors themselves) or scann (saved index); device is built on "
                     "load.")
+  flags.DEFINE_bool("untrained", False, "Export the encoder before training (the config's "
+                    "pretrained weights), as the untrained baseline uses it.")
 
 
 def export(workdir: str, out: str, data: str | None = None, world: str | None = None,
-           store: str = "exact") -> dict:
-  """Writes the export; returns its manifest plus its size in bytes."""
+           store: str = "exact", untrained: bool = False) -> dict:
+  """Writes the export; returns its manifest plus its size in bytes. untrained: the
+  workdir's encoder before training (its config's pretrained weights; no checkpoint
+  needed), the untrained baseline's."""
   _, config = recipes.for_workdir(workdir)
   if world is None:
     worlds = zeshel.ZeshelDataset(data or config.data.dir).worlds()
     if len(worlds) != 1:
       raise app.UsageError(f"--world: the folder holds the worlds {worlds}; name one")
     world = worlds[0]
-  linker = recipes.open_linker(workdir, data, world, "exact")
+  linker = recipes.open_linker(workdir, data, world, "exact", untrained=untrained)
   kb = linker.kb
   if store != "exact":
     kb = EntityKB(kb.ids, kb.titles, kb.texts, kb.vectors, kb.owners, kb.views, store,
@@ -63,7 +67,8 @@ def main(argv):
   sharding.use_cpu_cores_as_devices()
   metric_writer.quiet_library_logs()
   FLAGS = flags.FLAGS
-  result = export(FLAGS.workdir, FLAGS.out, FLAGS.data, FLAGS.world, FLAGS.store)
+  result = export(FLAGS.workdir, FLAGS.out, FLAGS.data, FLAGS.world, FLAGS.store,
+                  FLAGS.untrained)
   print(json.dumps({"out": FLAGS.out, "entities": result["entities"], "step": result["step"],
                     "bytes": result["bytes"]}))
 
