@@ -231,3 +231,16 @@ def test_bench_kb_adds_and_removes_in_a_larger_store(exported):
   assert result["kb_bytes"] > 300 * 32 * 4  # The vectors alone.
   # The export itself is untouched: the benchmark's store lives in a scratch folder.
   assert len(linking.Linker.from_pretrained(str(out)).kb) == 56
+
+
+def test_errors_name_the_input_line_of_a_text_with_several_mentions(exported):
+  _, _, out, _ = exported
+  linker = linking.Linker.from_pretrained(str(out))
+  items = ["a [[kernel]] b [[cache]]", {"text": "x y z", "spans": [{"start": 0, "end": 1},
+                                                                    {"start": 2, "end": 9}]}]
+  with pytest.raises(ValueError, match=r"input line 2: span \[2, 9\) outside the text"):
+    linker.link(items)
+  with pytest.raises(ValueError, match="input line 1: give the mentions"):
+    linker.link([{"text": "raw text without marks"}])
+  with pytest.raises(ValueError, match="mark the mention with double brackets"):
+    linker.link(["raw text without marks"])

@@ -204,29 +204,32 @@ class Linker:
     marked "a [[mention]] here" (any number of marks) or {text, spans: [{start, end}, ...]}:
     returned as {..., "spans": [{start, end, mention, document_id, title, score, entities}]}
     (the best entity first, the top_k in "entities")."""
-    mentions, owner = [], []
+    mentions, first, lines = [], [], []
     for i, item in enumerate(items):
-      for mention in _mentions_of(item, i + 1):
-        mentions.append(mention)
-        owner.append(i)
-    linked = self._link_mentions(mentions, top_k, reranker)
-    out = [None] * len(items)
+      first.append(len(mentions))
+      found = _mentions_of(item, i + 1)
+      mentions += found
+      lines += [i + 1] * len(found)
+    linked = self._link_mentions(mentions, top_k, reranker, lines)
+    out = []
     for i, item in enumerate(items):
       if _is_mention(item):
-        out[i] = linked[owner.index(i)]
+        out.append(linked[first[i]])
         continue
       spans = []
-      for record in (r for r, o in zip(linked, owner) if o == i):
+      for record in linked[first[i]:first[i + 1] if i + 1 < len(items) else len(linked)]:
         best = record["entities"][0] if record["entities"] else {}
         spans.append({"start": record["start"], "end": record["end"],
                       "mention": record["mention"], **best, "entities": record["entities"]})
       base = {"text": _plain_text(item)} if isinstance(item, str) else dict(item)
-      out[i] = {**base, "spans": spans}
+      out.append({**base, "spans": spans})
     return out
 
   def _link_mentions(self, records: Sequence[dict[str, Any]], top_k: int,
-                     reranker: PairScorer | None) -> list[dict[str, Any]]:
-    pieces = [self._pieces(r, i + 1) for i, r in enumerate(records)]
+                     reranker: PairScorer | None, lines: Sequence[int]
+                     ) -> list[dict[str, Any]]:
+    """records: mentions; lines: the input line (item number) of each, for errors."""
+    pieces = [self._pieces(r, line) for r, line in zip(records, lines)]
     if not pieces:
       return []
     lefts, mentions, rights = zip(*pieces)
