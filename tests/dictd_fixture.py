@@ -42,11 +42,12 @@ TEXTS = {
                 "libraries , function , machine , home page , { x | x in S } .",
     "library": "library A collection of function s for Lisp - machine and lispmachine .",
 }
-# (context title, mention text, label title, category)
+# (context title, mention text, label title, category): titles as written, categories from the
+# tokenized forms (a mention's text is tokens, "S - expressions")
 EXPECTED_MENTIONS = {
     ("Lisp", "functional", "functional programming", "AMBIGUOUS_SUBSTRING"),
-    ("Lisp", "Scheme", "Scheme ( language )", "MULTIPLE_CATEGORIES"),
-    ("Lisp", "S - expressions", "S - expression", "LOW_OVERLAP"),
+    ("Lisp", "Scheme", "Scheme (language)", "MULTIPLE_CATEGORIES"),
+    ("Lisp", "S - expressions", "S-expression", "LOW_OVERLAP"),
     ("Lisp", "Common LISP", "Common Lisp", "HIGH_OVERLAP"),
     ("functional programming", "functions", "function", "LOW_OVERLAP"),
     ("function", "functional programming", "functional programming", "HIGH_OVERLAP"),
@@ -56,9 +57,9 @@ EXPECTED_MENTIONS = {
     ("library", "Lisp - machine", "Lisp machine", "LOW_OVERLAP"),
     ("library", "lispmachine", "Lisp machine", "LOW_OVERLAP"),
     ("Lisp machine", "Lisp", "Lisp", "HIGH_OVERLAP"),
-    ("Scheme ( language )", "LISP", "Lisp", "HIGH_OVERLAP"),
-    ("S - expression", "Lisp", "Lisp", "HIGH_OVERLAP"),
-    ("Common Lisp", "sexps", "S - expression", "LOW_OVERLAP"),
+    ("Scheme (language)", "LISP", "Lisp", "HIGH_OVERLAP"),
+    ("S-expression", "Lisp", "Lisp", "HIGH_OVERLAP"),
+    ("Common Lisp", "sexps", "S-expression", "LOW_OVERLAP"),
     ("Common Lisp", "Lisp", "Lisp", "HIGH_OVERLAP"),
 }
 

@@ -14,40 +14,57 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from zel_jax import metric_writer, recipes, sharding, workdir_io
 from zel_jax.configs import blink_biencoder, blink_crossencoder
 from zel_jax.data import foldoc
 from zel_jax.evals import linking
 from zel_jax.evals.base import EvalRequest
+from zel_jax.index import scann_store
 
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/quickstart", "Training workdir.")
-_DATA = flags.DEFINE_string("data", "data/foldoc", "Where the FOLDOC world is (built if absent).")
-_STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0: the runlocal config's).")
-_STAGE2 = flags.DEFINE_bool(
-    "stage2", False, "Also train BLINK's cross-encoder on the bi-encoder's candidates "
-    "(workdir/cross), compare its reranked accuracy with the bi-encoder's, and rerank the "
-    "linked sentence.")
-_SENTENCE = flags.DEFINE_string(
-    "sentence", "The scheduler gives each process a time slice in [[round robin]] order.",
-    "A sentence to link, its mention in [[double brackets]].")
+SENTENCE = "The scheduler gives each process a time slice in [[round robin]] order."
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when this module is the program (importing it next to
+  another entry point, e.g. `zel_jax.bench`, which has its own --data, must not clash)."""
+  flags.DEFINE_string("workdir", "workdirs/quickstart", "Training workdir.")
+  flags.DEFINE_string("data", "data/foldoc", "Where the FOLDOC world is (built if absent).")
+  flags.DEFINE_integer("steps", 0, "Training steps (0: the runlocal config's).")
+  flags.DEFINE_bool(
+      "stage2", False, "Also train BLINK's cross-encoder on the bi-encoder's candidates "
+      "(workdir/cross), compare its reranked accuracy with the bi-encoder's, and rerank the "
+      "linked sentence.")
+  flags.DEFINE_string("sentence", SENTENCE,
+                      "A sentence to link, its mention in [[double brackets]].")
 
 
 def main(argv):
   sharding.use_cpu_cores_as_devices()
   metric_writer.quiet_library_logs()
   del argv
+  summary = run(FLAGS.workdir, FLAGS.data, FLAGS.steps, FLAGS.stage2, FLAGS.sentence)
+  sys.stdout.flush()
+  print(json.dumps(summary))
+
+
+def run(workdir: str, data: str, steps: int = 0, stage2: bool = False,
+        sentence: str = SENTENCE) -> dict[str, Any]:
+  """The quickstart as a function: prints its tables and the linked sentence, returns the
+  summary that `main` prints as its last stdout line."""
   start = time.time()
-  data = foldoc.fetch_foldoc(_DATA.value)
+  data = foldoc.fetch_foldoc(data)
   config = blink_biencoder.get_config("runlocal")
   config.data.dir = os.path.abspath(data)
-  if _STEPS.value:
-    config.num_train_steps = _STEPS.value
+  if steps:
+    config.num_train_steps = steps
   config.evals.splits = ()  # Evaluated below, next to the baselines.
-  workdir = os.path.abspath(_WORKDIR.value)
+  workdir = os.path.abspath(workdir)
   workdir_io.save_config(config, workdir)
+  store = candidate_store()
 
   rows = {}
   print("evaluating BM25 and the untrained encoder on FOLDOC test ...", flush=True)
@@ -55,36 +72,52 @@ def main(argv):
   rows["MiniLM-L6, untrained"] = _evaluate(workdir, "test", baseline="untrained")
   print(f"training the bi-encoder for {config.num_train_steps} steps ...", flush=True)
   recipes.for_config(config).train(config, workdir)
-  rows["MiniLM-L6, trained"] = _evaluate(workdir, "test", store="scann")
-
-  print(f"\nFOLDOC test, {rows['BM25 (title + text)']['mentions']} mentions, recall (%):")
-  print(f"{'retriever':26s} {'@1':>7s} {'@16':>7s} {'@64':>7s}")
-  for name, report in rows.items():
-    if "recall@1" in report:
-      print(f"{name:26s} " + " ".join(f"{report[f'recall@{k}']:7.2f}" for k in (1, 16, 64)))
-  if "cross-encoder" in rows:
-    r = rows["cross-encoder"]
-    print(f"\nreranking the bi-encoder's top {r['num_candidates']} (BLINK stage 2): accuracy "
-          f"{r['unnormalized_accuracy']:.2f} (bi-encoder {r['retriever_accuracy']:.2f}); "
-          f"normalized {r['normalized_accuracy']:.2f}")
-
+  rows["MiniLM-L6, trained"] = _evaluate(workdir, "test", store=store)
   reranker = None
-  if _STAGE2.value:
+  if stage2:
     reranker, rows["cross-encoder"] = _stage2(workdir, config.data.dir)
-  linker = recipes.open_linker(workdir, None, "foldoc", store="scann")
-  linked = linker.link([linking.marked_text(_SENTENCE.value)], top_k=5, reranker=reranker)[0]
-  print(f"\n{_SENTENCE.value}\n  -> " + ", ".join(
+  print("\n" + "\n".join(results_lines(rows)))
+
+  linker = recipes.open_linker(workdir, None, "foldoc", store=store)
+  linked = linker.link([linking.marked_text(sentence)], top_k=5, reranker=reranker)[0]
+  print(f"\n{sentence}\n  -> " + ", ".join(
       f"{e['title']} ({e['score']:.1f})" for e in linked["entities"]))
   print(f"\nworkdir: {workdir}  (python -m zel_jax.evaluate --workdir={workdir} --split=test; "
         f"python -m zel_jax.link --workdir={workdir} --world=foldoc --text='...')")
   summary = {name: {key: r[key] for key in r if key.startswith(("recall@", "normalized",
                                                                   "unnormalized"))}
              for name, r in rows.items()}
-  summary.update(workdir=workdir, data=os.path.abspath(data),
+  summary.update(workdir=workdir, data=os.path.abspath(data), store=store,
                  linked=[e["title"] for e in linked["entities"]],
                  seconds=round(time.time() - start, 1))
-  sys.stdout.flush()
-  print(json.dumps(summary))
+  return summary
+
+
+def results_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
+  """The readable results: recall of each retriever on FOLDOC test and, after `--stage2`
+  (the row "cross-encoder"), the reranked accuracy against the bi-encoder's."""
+  lines = [f"FOLDOC test, {rows['BM25 (title + text)']['mentions']} mentions, recall (%):",
+           f"{'retriever':26s} {'@1':>7s} {'@16':>7s} {'@64':>7s}"]
+  for name, report in rows.items():
+    if "recall@1" in report:
+      lines.append(f"{name:26s} " + " ".join(f"{report[f'recall@{k}']:7.2f}"
+                                             for k in (1, 16, 64)))
+  if "cross-encoder" in rows:
+    r = rows["cross-encoder"]
+    lines += ["", f"reranking the bi-encoder's top {r['num_candidates']} (BLINK stage 2): "
+              f"accuracy {r['unnormalized_accuracy']:.2f} (bi-encoder "
+              f"{r['retriever_accuracy']:.2f}); normalized {r['normalized_accuracy']:.2f}"]
+  return lines
+
+
+def candidate_store() -> str:
+  """ScaNN where it imports (x86-64 Linux with AVX2), else the exact store, with a warning."""
+  if scann_store.available():
+    return "scann"
+  logging.warning("ScaNN cannot be imported here (x86-64 Linux with AVX2 only): the "
+                  "quickstart searches with the exact store instead (same results, slower "
+                  "on large worlds)")
+  return "exact"
 
 
 def _evaluate(workdir: str, split: str, store: str = "exact", baseline: str | None = None,
@@ -108,5 +141,9 @@ def _stage2(workdir: str, data: str):
   return recipes.open_reranker(cross_dir), report
 
 
+FLAGS = flags.FLAGS
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

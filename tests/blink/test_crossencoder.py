@@ -1,6 +1,7 @@
 """BLINK stage 2: cross-encoder inputs, losses, the gold-insertion rule, metrics, training."""
 
 import json
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -210,6 +211,36 @@ def test_tiny_cross_encoder_trains_on_the_mesh_and_evaluates(cross):
   right = sum(r["candidates"][0] == r["label_document_id"] for r in written)
   assert 100.0 * right / 48 == pytest.approx(report["unnormalized_accuracy"], abs=1e-3)
   assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in written)
+
+
+def test_evaluating_one_world_reranks_that_worlds_candidates(tiny, cross, tmp_path):
+  # `zel_jax.evaluate --world=W` on the bi-encoder writes candidates/test.W.jsonl; the
+  # cross-encoder trained on that workdir, evaluated with --world=W, reranks that file.
+  data, _, _ = tiny
+  workdir = tmp_path / "cross"
+  shutil.copytree(cross[0], workdir)
+  bi = tmp_path / "bi"
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["data"]["candidates"] = str(bi)
+  (workdir / "config.json").write_text(json.dumps(saved))
+  one = tiny_world.write_candidates(data, bi / "candidates" / "test.computing.jsonl", "test",
+                                    seed=1)
+  report = evaluate.run(str(workdir), None, "test", "exact", "computing", None, 100, 0)
+  assert report["reranked"] == str(one) and report["mentions"] == 16
+  assert (workdir / "candidates" / "test.computing.jsonl").is_file()
+  # The world's file wins over a file of the split written for other worlds.
+  (bi / "candidates" / "test.jsonl").write_text("")
+  report = evaluate.run(str(workdir), None, "test", "exact", "computing", None, 100, 0)
+  assert report["reranked"] == str(one)
+  # Without the world's file, the split's file of every world (what it read before).
+  one.unlink()
+  with pytest.raises(ValueError, match=r"test\.jsonl: no candidates for 16 of 16"):
+    evaluate.run(str(workdir), None, "test", "exact", "computing", None, 100, 0)
+  # Neither: the error names the world's file and how to write it.
+  (bi / "candidates" / "test.jsonl").unlink()
+  with pytest.raises(FileNotFoundError, match=r"test\.computing\.jsonl: no candidates file "
+                     r".*--split=test --world=computing"):
+    evaluate.run(str(workdir), None, "test", "exact", "computing", None, 100, 0)
 
 
 # -- distillation and two-stage linking -----------------------------------------------------

@@ -24,65 +24,80 @@ from zel_jax.index.numpy_store import exact_search
 
 FLAGS = flags.FLAGS
 
-_SIZES = flags.DEFINE_list("sizes", ["100000", "1000000"], "index: numbers of entities.")
-_DIM = flags.DEFINE_integer("dim", 384, "index: embedding dimension.")
-_QUERIES = flags.DEFINE_integer("queries", 2000, "index: evaluation queries per size.")
-_TUNE_QUERIES = flags.DEFINE_integer(
-    "tune_queries", 1000, "index: queries used only to pick ScaNN's and HNSW's search knobs.")
-_K = flags.DEFINE_integer("k", 64, "index: neighbours per query (recall@k).")
-_TARGET_RECALL = flags.DEFINE_float("target_recall", 0.98,
-                                    "index: recall@k ScaNN must reach on the evaluation queries.")
-_TUNE_MARGIN = flags.DEFINE_float(
-    "tune_margin", 0.005, "index: ScaNN is tuned to target_recall + this on the tuning queries, "
-    "so that sampling noise between the query sets does not drop it below the target.")
-_STORES = flags.DEFINE_list("stores", ["exact", "scann", "faiss_hnsw", "faiss_flat", "device"],
-                            "index: stores to measure ('exact' always runs).")
-_HNSW_BUDGET_S = flags.DEFINE_float(
-    "hnsw_build_budget_s", 600.0,
-    "index: stop adding points to HNSW after this long and measure it on the rows added.")
-_HNSW_M = flags.DEFINE_integer("hnsw_m", 32, "index: FAISS HNSW graph degree M.")
-_HNSW_EF_CONSTRUCTION = flags.DEFINE_integer(
-    "hnsw_ef_construction", 128,
-    "index: FAISS HNSW efConstruction (64 plateaus at recall@64 ~0.94 on the 1M set).")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_MODEL = flags.DEFINE_string("model", "all-MiniLM-L6-v2", "train/encode: the encoder.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "train: mentions per step.")
-_MENTION_LENGTH = flags.DEFINE_integer("mention_length", 128, "train: mention tokens.")
-_ENTITY_LENGTH = flags.DEFINE_integer("entity_length", 128, "train: entity tokens.")
-_SECONDS = flags.DEFINE_float("seconds", 30.0, "train: timing window per framework.")
-_DATA = flags.DEFINE_string("data", "", "encode: ZESHEL-layout directory (default: the "
-                            "FOLDOC world, built under data/foldoc if absent).")
-_WORLD = flags.DEFINE_string("world", "foldoc", "encode: the world whose entities to embed.")
-_ENCODE_LENGTH = flags.DEFINE_integer("encode_length", 128, "encode: entity tokens.")
-_ENCODE_BATCH = flags.DEFINE_integer("encode_batch_size", 32, "encode: entities per batch.")
-_RERANK_MENTIONS = flags.DEFINE_integer("rerank_mentions", 256, "rerank: test mentions scored.")
-_RERANK_K = flags.DEFINE_integer("rerank_k", 16, "rerank: candidates per mention.")
-_RERANK_BATCH = flags.DEFINE_integer("rerank_batch_size", 2,
-                                     "rerank: mentions per batch (x k pairs).")
 
-
-_MVD_VARIANT = flags.DEFINE_string("mvd_variant", "runlocal",
-                                   "mvd: the configs/mvd.py variant whose shapes to time.")
-_MVD_BATCH = flags.DEFINE_integer("mvd_batch_size", 4, "mvd: mentions per step (both steps).")
-_MVD_DTYPE = flags.DEFINE_string("mvd_dtype", "float32",
-                                 "mvd: compute dtype of both steps (bfloat16 on TPU/GPU).")
-_MEM_CONFIG = flags.DEFINE_string(
-    "memory_config", "configs/blink_biencoder.py:variant=base",
-    "memory: the bi-encoder experiment (config file[:variant]) whose train step is compiled.")
-_MEM_MESH = flags.DEFINE_string("memory_mesh", "data=8",
-                                "memory: mesh axes, e.g. data=8 or data=2,fsdp=4.")
-_MEM_BUDGET = flags.DEFINE_float("memory_budget_gib", 16.0,
-                                 "memory: per-device budget the largest batch must fit "
-                                 "(0: measure the config's batch only).")
-_MEM_OVERRIDES = flags.DEFINE_list(
-    "memory_set", [], "memory: config overrides key=value (model.dtype=bfloat16, "
-    "model.remat=full, grad_accum_steps=4, ...).")
-_MVD_REMAT = flags.DEFINE_string("mvd_remat", "", "mvd: rematerialization policy of both "
-                                 "steps' layers (models.bert.REMAT_POLICIES; '': none).")
+def define_flags() -> None:
+  """Command-line flags, defined only when this module is the program (importing it next to
+  another entry point that has its own --data, e.g. the quickstart, must not clash)."""
+  flags.DEFINE_list("sizes", ["100000", "1000000"], "index: numbers of entities.")
+  flags.DEFINE_integer("dim", 384, "index: embedding dimension.")
+  flags.DEFINE_integer("queries", 2000, "index: evaluation queries per size.")
+  flags.DEFINE_integer(
+      "tune_queries", 1000, "index: queries used only to pick ScaNN's and HNSW's search knobs.")
+  flags.DEFINE_integer("k", 64, "index: neighbours per query (recall@k).")
+  flags.DEFINE_float("target_recall", 0.98,
+                     "index: recall@k ScaNN must reach on the evaluation queries.")
+  flags.DEFINE_float(
+      "tune_margin", 0.005, "index: ScaNN is tuned to target_recall + this on the tuning "
+      "queries, so that sampling noise between the query sets does not drop it below the target.")
+  flags.DEFINE_list("stores", ["exact", "scann", "faiss_hnsw", "faiss_flat", "device"],
+                    "index: stores to measure ('exact' always runs).")
+  flags.DEFINE_float(
+      "hnsw_build_budget_s", 600.0,
+      "index: stop adding points to HNSW after this long and measure it on the rows added.")
+  flags.DEFINE_integer("hnsw_m", 32, "index: FAISS HNSW graph degree M.")
+  flags.DEFINE_integer(
+      "hnsw_ef_construction", 128,
+      "index: FAISS HNSW efConstruction (64 plateaus at recall@64 ~0.94 on the 1M set).")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_string("model", "all-MiniLM-L6-v2", "train/encode: the encoder.")
+  flags.DEFINE_integer("batch_size", 32, "train: mentions per step.")
+  flags.DEFINE_integer("mention_length", 128, "train: mention tokens.")
+  flags.DEFINE_integer("entity_length", 128, "train: entity tokens.")
+  flags.DEFINE_float("seconds", 30.0, "train: timing window per framework.")
+  flags.DEFINE_string("data", "", "encode: ZESHEL-layout directory (default: the "
+                      "FOLDOC world, built under data/foldoc if absent).")
+  flags.DEFINE_string("world", "foldoc", "encode: the world whose entities to embed.")
+  flags.DEFINE_integer("encode_length", 128, "encode: entity tokens.")
+  flags.DEFINE_integer("encode_batch_size", 32, "encode: entities per batch.")
+  flags.DEFINE_integer("rerank_mentions", 256, "rerank: test mentions scored.")
+  flags.DEFINE_integer("rerank_k", 16, "rerank: candidates per mention.")
+  flags.DEFINE_integer("rerank_batch_size", 2, "rerank: mentions per batch (x k pairs).")
+  flags.DEFINE_string("mvd_variant", "runlocal",
+                      "mvd: the configs/mvd.py variant whose shapes to time.")
+  flags.DEFINE_integer("mvd_batch_size", 4, "mvd: mentions per step (both steps).")
+  flags.DEFINE_string("mvd_dtype", "float32",
+                      "mvd: compute dtype of both steps (bfloat16 on TPU/GPU).")
+  flags.DEFINE_string(
+      "memory_config", "configs/blink_biencoder.py:variant=base",
+      "memory: the bi-encoder experiment (config file[:variant]) whose train step is compiled.")
+  flags.DEFINE_string("memory_mesh", "data=8",
+                      "memory: mesh axes, e.g. data=8 or data=2,fsdp=4.")
+  flags.DEFINE_float("memory_budget_gib", 16.0,
+                     "memory: per-device budget the largest batch must fit "
+                     "(0: measure the config's batch only).")
+  flags.DEFINE_list(
+      "memory_set", [], "memory: config overrides key=value (model.dtype=bfloat16, "
+      "model.remat=full, grad_accum_steps=4, ...).")
+  flags.DEFINE_string("mvd_remat", "", "mvd: rematerialization policy of both "
+                      "steps' layers (models.bert.REMAT_POLICIES; '': none).")
+  flags.DEFINE_string("worlds", "data/worlds", "zeroshot: the benchmark folder built "
+                      "by `python -m zel_jax.data.worlds`.")
+  flags.DEFINE_string("zeroshot_runs", "workdirs/zeroshot",
+                      "zeroshot: where every job's workdir goes (reused across runs).")
+  flags.DEFINE_string("zeroshot_docs", "docs", "zeroshot: where benchmark.md, "
+                      "benchmark.json and benchmark_recall.png are written.")
+  flags.DEFINE_list("zeroshot_seeds", ["0", "1"], "zeroshot: seeds of the trained rows.")
+  flags.DEFINE_list("zeroshot_only", [], "zeroshot: run only these jobs (and reuse "
+                    "finished ones); default every job. Names: bm25, untrained, "
+                    "blink.s0, hard.s0, cross.s0, ... (see zeroshot.plan).")
+  flags.DEFINE_bool("zeroshot_report_only", False, "zeroshot: run nothing; "
+                    "rewrite the report from the finished jobs.")
+  flags.DEFINE_string("zeroshot_budget", "", "zeroshot: overrides of the training "
+                      "budget, e.g. steps=2000,length=128 (zeroshot.Budget).")
 
 
 def run_index() -> dict[str, Any]:
-  k, target, stores = _K.value, _TARGET_RECALL.value, set(_STORES.value)
+  k, target, stores = FLAGS.k, FLAGS.target_recall, set(FLAGS.stores)
   unknown = stores - {"exact", "scann", "faiss_hnsw", "faiss_flat", "device"}
   if unknown:
     raise app.UsageError(f"unknown --stores {sorted(unknown)}")
@@ -94,10 +109,10 @@ def run_index() -> dict[str, Any]:
                            "leave them out with --stores") from e
   exact_fn = lambda t, q: exact_search(t, q, k)[1]
   rows = []
-  for n in (int(s) for s in _SIZES.value):
+  for n in (int(s) for s in FLAGS.sizes):
     (table, queries), gen_s = timed(lambda n=n: clustered_embeddings(
-        n, _DIM.value, _TUNE_QUERIES.value + _QUERIES.value, _SEED.value))
-    tune_q, eval_q = queries[:_TUNE_QUERIES.value], queries[_TUNE_QUERIES.value:]
+        n, FLAGS.dim, FLAGS.tune_queries + FLAGS.queries, FLAGS.seed))
+    tune_q, eval_q = queries[:FLAGS.tune_queries], queries[FLAGS.tune_queries:]
     logging.info("n=%d: data in %.1fs", n, gen_s)
     tune_exact = exact_fn(table, tune_q)
     eval_exact, qps = qps_of(lambda q: exact_fn(table, q), eval_q)
@@ -106,13 +121,13 @@ def run_index() -> dict[str, Any]:
     tuned_recall = target
     if "scann" in stores:
       row, tuned_recall = bench_scann(table, tune_q, tune_exact, eval_q, eval_exact, k,
-                                      target + _TUNE_MARGIN.value)
+                                      target + FLAGS.tune_margin)
       rows.append(row)
       gc.collect()
     if "faiss_hnsw" in stores:
       rows.append(bench_faiss_hnsw(table, tune_q, tune_exact, eval_q, eval_exact, k,
-                                   tuned_recall, _HNSW_BUDGET_S.value, exact_fn,
-                                   _HNSW_M.value, _HNSW_EF_CONSTRUCTION.value))
+                                   tuned_recall, FLAGS.hnsw_build_budget_s, exact_fn,
+                                   FLAGS.hnsw_m, FLAGS.hnsw_ef_construction))
       gc.collect()
     if "faiss_flat" in stores:
       rows.append(bench_faiss_flat(table, eval_q, eval_exact, k))
@@ -127,39 +142,39 @@ def run_index() -> dict[str, Any]:
 
 def _data_dir() -> str:
   """--data, or the FOLDOC world (built under data/foldoc if absent)."""
-  if _DATA.value:
-    return _DATA.value
+  if FLAGS.data:
+    return FLAGS.data
   return foldoc.fetch_foldoc("data/foldoc")
 
 
 def run_rerank() -> dict[str, Any]:
-  return steps.bench_rerank(_data_dir(), _MODEL.value, _RERANK_MENTIONS.value, _RERANK_K.value,
-                      _RERANK_BATCH.value)
+  return steps.bench_rerank(_data_dir(), FLAGS.model, FLAGS.rerank_mentions, FLAGS.rerank_k,
+                            FLAGS.rerank_batch_size)
 
 
 def run_train() -> dict[str, Any]:
-  return steps.bench_train(_MODEL.value, _BATCH.value, _MENTION_LENGTH.value, _ENTITY_LENGTH.value,
-                     _SECONDS.value)
+  return steps.bench_train(FLAGS.model, FLAGS.batch_size, FLAGS.mention_length,
+                           FLAGS.entity_length, FLAGS.seconds)
 
 
 def run_encode() -> dict[str, Any]:
-  return steps.bench_encode(_data_dir(), _WORLD.value, _MODEL.value, _ENCODE_LENGTH.value,
-                      _ENCODE_BATCH.value)
+  return steps.bench_encode(_data_dir(), FLAGS.world, FLAGS.model, FLAGS.encode_length,
+                            FLAGS.encode_batch_size)
 
 
 def run_mvd() -> dict[str, Any]:
-  return steps.bench_mvd(_MODEL.value, _MVD_VARIANT.value, _MVD_BATCH.value, _SECONDS.value, _MVD_DTYPE.value,
-                   _MVD_REMAT.value)
+  return steps.bench_mvd(FLAGS.model, FLAGS.mvd_variant, FLAGS.mvd_batch_size, FLAGS.seconds,
+                         FLAGS.mvd_dtype, FLAGS.mvd_remat)
 
 
 def _memory_config():
   """The experiment config of --memory_config with --memory_set overrides and the mesh."""
-  path, _, arg = configs.resolve(_MEM_CONFIG.value).partition(":")
+  path, _, arg = configs.resolve(FLAGS.memory_config).partition(":")
   spec = importlib.util.spec_from_file_location("memory_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg or None)
-  for item in _MEM_OVERRIDES.value:
+  for item in FLAGS.memory_set:
     key, _, value = item.partition("=")
     node = config
     *parents, last = key.split(".")
@@ -168,7 +183,7 @@ def _memory_config():
     node[last] = type(node[last])(value) if not isinstance(node[last], bool) else (
         value.lower() in ("1", "true"))
   config.mesh = [(name, int(size)) for name, size in
-                 (axis.split("=") for axis in _MEM_MESH.value.split(","))]
+                 (axis.split("=") for axis in FLAGS.memory_mesh.split(","))]
   return config
 
 
@@ -178,12 +193,12 @@ def run_memory() -> dict[str, Any]:
   config = _memory_config()
   mesh = sharding.make_mesh(config.mesh)
   unit = int(np.prod([mesh.shape[a] for a in config.sharding.batch_axes if a in mesh.shape]))
-  budget = _MEM_BUDGET.value
+  budget = FLAGS.memory_budget_gib
   at_config = memory.step_memory(config, mesh, int(config.batch_size))
   logging.info("batch %d: %s", config.batch_size, at_config)
   fits = {}
   if budget <= 0:  # The config's own batch only.
-    return {"config": _MEM_CONFIG.value, "overrides": _MEM_OVERRIDES.value,
+    return {"config": FLAGS.memory_config, "overrides": FLAGS.memory_set,
             "mesh": dict(mesh.shape), "at_config_batch": at_config}
 
   def fit(units: int) -> bool:
@@ -198,7 +213,7 @@ def run_memory() -> dict[str, Any]:
   while high - low > 1:
     mid = (low + high) // 2
     low, high = (mid, high) if fit(mid) else (low, mid)
-  return {"config": _MEM_CONFIG.value, "overrides": _MEM_OVERRIDES.value,
+  return {"config": FLAGS.memory_config, "overrides": FLAGS.memory_set,
           "mesh": dict(mesh.shape), "devices": jax.device_count(),
           "platform": jax.devices()[0].platform, "encoder": config.model.pretrained,
           "dtype": config.model.dtype, "remat": config.model.remat or "none",
@@ -208,48 +223,32 @@ def run_memory() -> dict[str, Any]:
           "largest_batch_total_gib": fits[low]["total_gib"] if low else None}
 
 
-_WORLDS = flags.DEFINE_string("worlds", "data/worlds", "zeroshot: the benchmark folder built "
-                               "by `python -m zel_jax.data.worlds`.")
-_ZS_RUNS = flags.DEFINE_string("zeroshot_runs", "workdirs/zeroshot",
-                               "zeroshot: where every job's workdir goes (reused across runs).")
-_ZS_DOCS = flags.DEFINE_string("zeroshot_docs", "docs", "zeroshot: where benchmark.md, "
-                               "benchmark.json and benchmark_recall.png are written.")
-_ZS_SEEDS = flags.DEFINE_list("zeroshot_seeds", ["0", "1"], "zeroshot: seeds of the trained rows.")
-_ZS_ONLY = flags.DEFINE_list("zeroshot_only", [], "zeroshot: run only these jobs (and reuse "
-                             "finished ones); default every job. Names: bm25, untrained, "
-                             "blink.s0, hard.s0, cross.s0, ... (see zeroshot.plan).")
-_ZS_REPORT_ONLY = flags.DEFINE_bool("zeroshot_report_only", False, "zeroshot: run nothing; "
-                                    "rewrite the report from the finished jobs.")
-_ZS_BUDGET = flags.DEFINE_string("zeroshot_budget", "", "zeroshot: overrides of the training "
-                                 "budget, e.g. steps=2000,length=128 (zeroshot.Budget).")
-
-
 def run_zeroshot() -> dict[str, Any]:
   fields = {f.name: f.type for f in dataclasses.fields(zeroshot.Budget)}
   changes = {}
-  for part in filter(None, _ZS_BUDGET.value.split(",")):
+  for part in filter(None, FLAGS.zeroshot_budget.split(",")):
     key, _, value = part.partition("=")
     if key not in fields:
       raise app.UsageError(f"--zeroshot_budget: unknown field {key!r}; fields: {sorted(fields)}")
     changes[key] = float(value) if fields[key] in ("float", float) else int(value)
   budget = zeroshot.Budget(**changes)
-  seeds = [int(s) for s in _ZS_SEEDS.value]
-  summary_path = os.path.join(_WORLDS.value, "benchmark.json")
+  seeds = [int(s) for s in FLAGS.zeroshot_seeds]
+  summary_path = os.path.join(FLAGS.worlds, "benchmark.json")
   if not os.path.exists(summary_path):
     raise FileNotFoundError(f"{summary_path}: build the benchmark first with `python -m "
-                            f"zel_jax.data.worlds --out={_WORLDS.value}`")
+                            f"zel_jax.data.worlds --out={FLAGS.worlds}`")
   with open(summary_path) as f:
     summary = json.load(f)
   jobs = zeroshot.plan(budget, seeds)
-  only = set() if _ZS_REPORT_ONLY.value else (set(_ZS_ONLY.value) or None)
+  only = set() if FLAGS.zeroshot_report_only else (set(FLAGS.zeroshot_only) or None)
   command = "python -m zel_jax.bench zeroshot " + " ".join(
       a for a in sys.argv[2:] if not a.startswith("--zeroshot_report_only"))
 
   def report(results):
-    return zeroshot_report.write(_ZS_DOCS.value, summary, results, budget, seeds, command,
+    return zeroshot_report.write(FLAGS.zeroshot_docs, summary, results, budget, seeds, command,
                                  worlds.worlds_of("test"), planned=[j.name for j in jobs])
 
-  results = zeroshot.run_all(jobs, _WORLDS.value, _ZS_RUNS.value, only=only,
+  results = zeroshot.run_all(jobs, FLAGS.worlds, FLAGS.zeroshot_runs, only=only,
                              log=lambda text: logging.info("%s", text), on_result=report)
   return {"written": report(results), "jobs": len(results)}
 
@@ -270,4 +269,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

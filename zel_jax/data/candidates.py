@@ -6,8 +6,8 @@ and of distillation.
   {"mention_id", "world", "label_document_id", "candidates": [document ids, best first],
    "scores": [the retriever's scores]}
 
-to <workdir>/candidates/<split>.jsonl; a reranker's evaluation writes the same layout with
-its own scores, best first.
+to <workdir>/candidates/<split>.jsonl (<split>.<world>.jsonl with --world); a reranker's
+evaluation writes the same layout with its own scores, best first.
 """
 
 from __future__ import annotations
@@ -19,11 +19,26 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def path_of(workdir_or_file: str, split: str) -> str:
-  """A candidates file given either itself or the workdir whose evaluation wrote it."""
-  if os.path.isdir(workdir_or_file):
-    return os.path.join(workdir_or_file, "candidates", f"{split}.jsonl")
-  return workdir_or_file
+def path_of(workdir_or_file: str, split: str, world: str | None = None) -> str:
+  """A candidates file given either itself or the workdir whose evaluation wrote it.
+
+  With a world, a workdir's file of that world (<split>.<world>.jsonl, what `zel_jax.evaluate
+  --world` writes) when there is one, else its file of every world (<split>.jsonl); where
+  neither exists, the error names both.
+  """
+  if not os.path.isdir(workdir_or_file):
+    return workdir_or_file
+  every = os.path.join(workdir_or_file, "candidates", f"{split}.jsonl")
+  if not world:
+    return every
+  one = os.path.join(workdir_or_file, "candidates", f"{split}.{world}.jsonl")
+  if os.path.exists(one):
+    return one
+  if os.path.exists(every):
+    return every
+  raise FileNotFoundError(
+      f"{one}: no candidates file (nor {every}); write it with python -m zel_jax.evaluate "
+      f"--workdir={workdir_or_file} --split={split} --world={world}")
 
 
 def read(path: str) -> dict[str, tuple[str, list[str], list[float]]]:
@@ -57,7 +72,8 @@ def candidate_rows(path: str, mention_ids: Sequence[str],
   missing = [m for m in mention_ids if m not in by_mention]
   if missing:
     raise ValueError(f"{path}: no candidates for {len(missing)} of {len(mention_ids)} "
-                     f"mentions (e.g. {missing[:3]}); was it written for this split?")
+                     f"mentions (e.g. {missing[:3]}); was it written for this split and "
+                     "these worlds?")
   rows = np.full((len(mention_ids), top), -1, np.int64)
   scores = np.full((len(mention_ids), top), -np.inf, np.float32)
   for i, mention_id in enumerate(mention_ids):

@@ -75,6 +75,7 @@ def convert(database: dictd.DictdDatabase, world: str) -> tuple[list[zeshel.Enti
                                                           dict[str, Any]]:
   """Entities, mentions per split and counts for a dictd database read as one world."""
   documents: list[dictd._Document] = []
+  titles: list[str] = []  # as written, for display and output
   bodies: list[tuple[list[str], str]] = []
   used_ids: set[str] = set()
   for entry in database.entries():
@@ -86,7 +87,10 @@ def convert(database: dictd.DictdDatabase, world: str) -> tuple[list[zeshel.Enti
       document_id = _hex_id(world, title, str(k))
     used_ids.add(document_id)
     names = tuple(dict.fromkeys([title, *header, *entry.headwords]))
+    # The resolver's tie-break and the mention categories read the tokenized title, as the
+    # world's texts are tokenized ("round - robin"); the entity keeps the title as written.
     documents.append(dictd._Document(document_id, " ".join(zeshel.tokenize(title)), names, "", []))
+    titles.append(title)
     bodies.append((header, body))
   resolver = dictd.NameResolver(documents)
 
@@ -128,7 +132,8 @@ def convert(database: dictd.DictdDatabase, world: str) -> tuple[list[zeshel.Enti
       has_mention = True
     context_documents[split] += has_mention
 
-  entities = [zeshel.Entity(d.document_id, d.title, d.text, world) for d in documents]
+  entities = [zeshel.Entity(d.document_id, title, d.text, world)
+              for d, title in zip(documents, titles)]
   total = sum(len(v) for v in mentions.values())
   stats = {
       "world": world,

@@ -89,6 +89,16 @@ def tokenize(text: str) -> list[str]:
   return _TOKEN.findall(text)
 
 
+def strip_title(text: str, title: str) -> str:
+  """`text` after the title it opens with (ZESHEL and FOLDOC texts repeat it), the title
+  matched as written or as tokens (FOLDOC's "round-robin" opens "round - robin < ... >");
+  `text` itself when it does not open with it."""
+  for name in (title, " ".join(tokenize(title))):
+    if text.startswith(name):
+      return text[len(name):].lstrip()
+  return text
+
+
 # A disambiguation phrase is a parenthesised suffix, as in the paper's example
 # "Batman" -> "Batman (Lego)" and in the released titles ("Mistfall ( audio story )").
 _DISAMBIGUATION = re.compile(r"\(.*\S.*\)")

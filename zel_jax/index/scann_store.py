@@ -102,6 +102,15 @@ def _scann():
   return scann_ops_pybind
 
 
+def available() -> bool:
+  """Whether ScaNN imports here: callers that can fall back to another store ask first."""
+  try:
+    _scann()
+  except ImportError:
+    return False
+  return True
+
+
 class ScannStore(base.CandidateStore):
   """ScaNN searcher + our ids; see the module docstring for the modes."""
 

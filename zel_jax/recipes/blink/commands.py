@@ -61,11 +61,13 @@ def evaluate_retriever(workdir: str, config, request: EvalRequest,
 
 def evaluate_reranker(workdir: str, config, request: EvalRequest) -> dict[str, Any]:
   """`zel_jax.evaluate` on a cross-encoder workdir: reranks --candidates (a bi-encoder workdir
-  or a candidates file; default the one it trained on)."""
+  or a candidates file; default the one it trained on). With --world, a bi-encoder workdir's
+  candidates of that world (its `evaluate --world` file) when it has them."""
   if request.baseline:
     raise ValueError(f"--baseline={request.baseline} evaluates retrievers; {workdir} holds a "
                      "cross-encoder")
-  source = candidates_lib.path_of(request.candidates or config.data.candidates, request.split)
+  source = candidates_lib.path_of(request.candidates or config.data.candidates, request.split,
+                                  request.world)
   dataset = zeshel.ZeshelDataset(request.data or config.data.dir)
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = cross_trainer.build_model(config, mesh)

@@ -212,7 +212,7 @@ def rerank_evaluator(config, workdir: str, model, featurizer, mesh,
   suffix = f".{world}" if world else ""
 
   def evaluate_split(params, split):
-    path = candidates_lib.path_of(source or config.data.candidates, split)
+    path = candidates_lib.path_of(source or config.data.candidates, split, world)
     data = rerank_set(config, dataset, featurizer, split, path, world=world)
     return evaluate_rerank(
         model, params, data, config, mesh, split,

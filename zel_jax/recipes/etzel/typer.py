@@ -111,8 +111,7 @@ def label_rows(label_lists, index: dict[str, int], width: int | None = None) -> 
 
 def entity_description(entity: zeshel.Entity) -> str:
   """An entity's text without the title it opens with (ZESHEL and FOLDOC texts repeat it)."""
-  text = entity.text
-  return text[len(entity.title):].lstrip() if text.startswith(entity.title) else text
+  return zeshel.strip_title(entity.text, entity.title)
 
 
 def world_labels(dataset: zeshel.ZeshelDataset, world: str, index: dict[str, int]

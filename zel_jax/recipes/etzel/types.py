@@ -238,8 +238,8 @@ def distant_labels(text: str, index: dict[str, int], title: str | None = None) -
   definitional phrase and its longer vocabulary matches. A description that opens with its
   title (ZESHEL's and FOLDOC's do) is read after it."""
   tags, definition = subject_tags(text)
-  if not tags and title and definition.startswith(title):
-    definition = definition[len(title):].lstrip()
+  if not tags and title:
+    definition = zeshel.strip_title(definition, title)
   labels: list[str] = []
   for tag in tags:
     words = tag.split()
