@@ -298,6 +298,6 @@ def test_link_reranks_with_the_cross_encoder(tiny, cross, tmp_path):
     retrieval = {e["document_id"]: e["score"] for e in before["entities"]}
     assert all(e["retrieval_score"] == retrieval[e["document_id"]] for e in after["entities"])
   # The reranker's score of an entity is its own: score it directly.
-  entity = linker.entities[ranked[0]["entities"][0]["document_id"]]
+  entity = linker.entity(linker.kb.row_of(ranked[0]["entities"][0]["document_id"]))
   direct = reranker.score([("the ", "router", " sends packets to the socket")], [[entity]])
   assert direct[0, 0] == pytest.approx(ranked[0]["entities"][0]["score"], abs=1e-3)

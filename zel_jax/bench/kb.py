@@ -73,9 +73,11 @@ def bench_kb(export: str, size: int, add: int, store: str = "exact",
     t = time.perf_counter()
     linker.add_entities(new)
     add_s = time.perf_counter() - t
+    after_add = len(EntityKB.load(path))  # What a restart reads.
     t = time.perf_counter()
     linker.remove_entities([r["id"] for r in new])
     remove_s = time.perf_counter() - t
+    after_remove = len(EntityKB.load(path))
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   rebuild_s = encode_s + store_s + save_s
@@ -84,7 +86,8 @@ def bench_kb(export: str, size: int, add: int, store: str = "exact",
           "rebuild_s": round(rebuild_s, 1), "rebuild_encode_s": round(encode_s, 1),
           "rebuild_encode_measured_on": encoded, "store_build_s": round(store_s, 2),
           "write_s": round(save_s, 2), "kb_bytes": kb_bytes, "add_s": round(add_s, 2),
-          "remove_s": round(remove_s, 2), "rebuild_over_add": round(rebuild_s / add_s, 1)}
+          "remove_s": round(remove_s, 2), "rebuild_over_add": round(rebuild_s / add_s, 1),
+          "persisted_after_add": after_add, "persisted_after_remove": after_remove}
 
 
 def main(argv):
