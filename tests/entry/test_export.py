@@ -245,3 +245,19 @@ def test_errors_name_the_input_line_of_a_text_with_several_mentions(exported):
     linker.link([{"text": "raw text without marks"}])
   with pytest.raises(ValueError, match="mark the mention with double brackets"):
     linker.link(["raw text without marks"])
+
+
+def test_a_workdir_linkers_scann_index_is_cached_and_read_back(exported, monkeypatch):
+  from zel_jax.index import scann_store
+  data, workdir, _, _ = exported
+  first = recipes.open_linker(str(workdir), str(data), "computing", "scann")
+  assert type(first.store).__name__ == "ScannStore"
+  assert (workdir / "stores" / "computing.12.scann").is_dir()
+  expected = first.link(MENTIONS, 5)
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("the cached ScaNN index should have been read, not rebuilt")
+
+  monkeypatch.setattr(scann_store.ScannStore, "build", classmethod(no_training))
+  again = recipes.open_linker(str(workdir), str(data), "computing", "scann")
+  assert again.link(MENTIONS, 5) == expected

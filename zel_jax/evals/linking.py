@@ -73,7 +73,7 @@ class Linker:
                 store: str = "exact") -> "Linker":
     """One world of a ZESHEL-layout folder (data, default the config's). Its vectors are
     cached as an exact store under W/stores/ (read back when it holds the world's entity
-    count), and another kind of store is built from them."""
+    count); a ScaNN index is cached beside them, a device store built from them."""
     config = retriever.config
     dataset = zeshel.ZeshelDataset(data or config.data.dir)
     if world not in dataset.worlds():
@@ -101,8 +101,18 @@ class Linker:
       if jax.process_index() == 0:
         retrieval.build_store("exact", vectors,
                               ids=None if views == "global" else owners).save(path)
+    # A ScaNN index takes longer to train than to read: kept beside the exact vectors.
+    scann_path = retrieval.store_path(workdir, world, retriever.step, "scann" + suffix)
+    cached = None
+    if store == "scann" and os.path.isdir(scann_path):
+      cached = index_lib.load_store(scann_path)
+      if len(cached) != len(vectors):
+        cached = None
     kb = EntityKB([e.document_id for e in entities], [e.title for e in entities],
-                  [e.text for e in entities], vectors, owners, views, store, retriever.mesh)
+                  [e.text for e in entities], vectors, owners, views, store, retriever.mesh,
+                  store=cached)
+    if store == "scann" and cached is None and jax.process_index() == 0:
+      kb.store.save(scann_path)
     return cls(retriever, kb, world, dataset)
 
   @classmethod
