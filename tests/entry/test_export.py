@@ -227,7 +227,7 @@ def test_bench_kb_adds_and_removes_in_a_larger_store(exported):
   result = bench_kb.bench_kb(str(out), size=300, add=20, rebuild_sample=100)
   assert (result["entities"], result["added"], result["rebuild_encode_measured_on"]) == (
       300, 20, 100)
-  assert result["rebuild_s"] > 0 and result["add_s"] >= 0 and result["remove_s"] >= 0
+  assert min(result["rebuild_s"], result["add_s"], result["remove_s"]) >= 0
   assert (result["persisted_after_add"], result["persisted_after_remove"]) == (320, 300)
   assert result["kb_bytes"] > 300 * 32 * 4  # The vectors alone.
   # The export itself is untouched: the benchmark's store lives in a scratch folder.
