@@ -69,14 +69,21 @@ def test_export_links_as_the_workdir_does(exported):
     assert span["document_id"] == span["entities"][0]["document_id"]
 
 
-def test_towers_load_in_transformers_with_the_same_embeddings(exported):
-  _, _, out, _ = exported
+def _entity_tower_in_transformers(out, model_class: str):
+  """The export's linker and its entity tower loaded by transformers, checked to be a
+  `model_class` whose pooled states equal the exported entity vectors within 1e-4."""
   linker = linking.Linker.from_pretrained(str(out))
-  entity_tower = AutoModel.from_pretrained(str(out / "entity_encoder")).eval()
-  assert type(entity_tower).__name__ == "BertModel"
+  tower = AutoModel.from_pretrained(str(out / "entity_encoder")).eval()
+  assert type(tower).__name__ == model_class
   feats = linker.featurizer.entity_features(linker.kb.titles, linker.kb.texts,
                                             linker.config.data.entity_length)
-  assert np.abs(_pooled(entity_tower, feats) - linker.kb.vectors).max() <= 1e-4
+  assert np.abs(_pooled(tower, feats) - linker.kb.vectors).max() <= 1e-4
+  return linker, tower
+
+
+def test_towers_load_in_transformers_with_the_same_embeddings(exported):
+  _, _, out, _ = exported
+  linker, entity_tower = _entity_tower_in_transformers(out, "BertModel")
   # The mention tower differs from the entity tower (trained apart), and matches its own.
   mention_tower = AutoModel.from_pretrained(str(out / "mention_encoder")).eval()
   feats = linker.featurizer.mention_features(["the"], ["kernel"], ["handles it"],
@@ -159,12 +166,7 @@ def test_mpnet_towers_export_as_mpnet(tmp_path):
   data, workdir = _trained(tmp_path, tiny_world.write_tiny_mpnet(tmp_path / "mpnet"), steps=1)
   out = tmp_path / "out"
   export_lib.export(str(workdir), str(out), str(data), "computing")
-  linker = linking.Linker.from_pretrained(str(out))
-  tower = AutoModel.from_pretrained(str(out / "entity_encoder")).eval()
-  assert type(tower).__name__ == "MPNetModel"
-  feats = linker.featurizer.entity_features(linker.kb.titles, linker.kb.texts,
-                                            linker.config.data.entity_length)
-  assert np.abs(_pooled(tower, feats) - linker.kb.vectors).max() <= 1e-4
+  _entity_tower_in_transformers(out, "MPNetModel")
 
 
 def test_knowledge_base_rows_after_removal_with_views():
