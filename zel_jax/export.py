@@ -7,7 +7,8 @@ The folder (zel_jax/evals/export_io.py) holds the encoder towers as Hugging Face
 entities with their vectors and store. `zel_jax.evals.linking.Linker.from_pretrained(DIR)`
 links with it, and adds or removes entities, without the training workdir; `python -m
 zel_jax.link --export=DIR` links a corpus with it. The world's vectors are the ones the
-workdir's linker caches (W/stores/), computed once when absent.
+workdir's linker caches (W/stores/), computed once when absent. An EntQA reader's workdir
+exports its retriever and the reader itself (reader/), so that raw text is linked too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from zel_jax.index.entity_kb import EntityKB, STORE_KINDS
 
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A retriever's training workdir (BLINK, distilled, "
-                      "MVD).")
+                      "MVD), or an EntQA reader's (exported with its retriever).")
   flags.DEFINE_string("out", None, "The export folder to write (replaced atomically).")
   flags.DEFINE_string("data", None, "ZESHEL-layout folder of the knowledge base (default: "
                       "the config's); a folder with only documents/ will do.")
@@ -58,7 +59,8 @@ def export(workdir: str, out: str, data: str | None = None, world: str | None = 
       out, linker.config, linker.model, linker.featurizer, linker.params,
       linker.step, kb,
       {"workdir": os.path.abspath(workdir), "world": world,
-       "data": os.path.abspath(data or config.data.dir)})
+       "data": os.path.abspath(data or config.data.dir)},
+      documents=recipes.documents_exporter(workdir))
   return {**manifest, "bytes": export_io.directory_bytes(out)}
 
 

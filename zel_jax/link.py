@@ -85,7 +85,8 @@ def define_flags() -> None:
                       "\"... [[marked]] ...\" strings.")
   flags.DEFINE_string("output", None, "Where to write the linked JSON lines.")
   flags.DEFINE_string("text", None, "One text with its mentions in [[double brackets]].")
-  flags.DEFINE_integer("top_k", 16, "Entities per mention.")
+  flags.DEFINE_integer("top_k", None, "Entities per mention (default 16); for raw text "
+                       "(EntQA), candidates read per passage (default: the reader's).")
   flags.DEFINE_alias("top-k", "top_k")
   flags.DEFINE_integer("chunk", 256, "Input lines linked per batch (the output is written "
                        "as it goes).")
@@ -95,8 +96,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("end_to_end", False, "EntQA: --workdir is a reader; --text (or each "
                     "--input line's text) is a whole document whose mentions are found.")
   flags.DEFINE_alias("end-to-end", "end_to_end")
-  flags.DEFINE_float("threshold", None, "--end_to_end: gamma (default: the reader's "
-                     "calibrated one).")
+  flags.DEFINE_float("threshold", None, "Raw text (--end_to_end, or an export with EntQA's "
+                     "reader): gamma (default: the reader's calibrated one).")
 
 
 def main(argv):
@@ -119,7 +120,7 @@ def main(argv):
                                  FLAGS.store or "exact")
   reranker = recipes.open_reranker(FLAGS.rerank) if FLAGS.rerank else None
   if FLAGS.text:
-    spans = linker.link([FLAGS.text], FLAGS.top_k, reranker)[0]["spans"]
+    spans = linker.link([FLAGS.text], FLAGS.top_k, reranker, FLAGS.threshold)[0]["spans"]
     for span in spans:
       top = ", ".join(f"{e['title']} ({e['score']:.2f})" for e in span["entities"][:5])
       print(f"{span['mention']!r} -> {top}")
@@ -128,11 +129,12 @@ def main(argv):
                                                     None for s in spans]}))
     return
   print(json.dumps(link_file(linker, FLAGS.input, FLAGS.output, FLAGS.top_k, reranker,
-                             FLAGS.chunk)))
+                             FLAGS.chunk, FLAGS.threshold)))
 
 
-def link_file(linker: linking.Linker, input_path: str, output: str | None, top_k: int,
-              reranker=None, chunk: int = 256) -> dict[str, Any]:
+def link_file(linker: linking.Linker, input_path: str, output: str | None,
+              top_k: int | None, reranker=None, chunk: int = 256,
+              threshold: float | None = None) -> dict[str, Any]:
   """Links every line of `input_path` in chunks, writing each chunk's lines as they are
   linked (to output + ".tmp", renamed at the end, so a failed run leaves no partial output
   under the final name). Returns counts and rates."""
@@ -145,7 +147,7 @@ def link_file(linker: linking.Linker, input_path: str, output: str | None, top_k
     shown = 0
     for part in _chunks(_iter_jsonl(input_path), chunk):
       try:
-        linked = linker.link([record for _, record in part], top_k, reranker)
+        linked = linker.link([record for _, record in part], top_k, reranker, threshold)
       except ValueError as e:
         # Name the file and the line: the linker counts lines within the chunk.
         raise ValueError(f"{input_path}: {_renumbered(str(e), part)}") from None
@@ -186,8 +188,8 @@ def _main_end_to_end() -> None:
     raise app.UsageError("--end_to_end needs --workdir (an EntQA reader) and --world")
   e2e = recipes.open_document_linker(FLAGS.workdir, FLAGS.data)
   records = _read_jsonl(FLAGS.input) if FLAGS.input else [{"text": FLAGS.text}]
-  top_k = FLAGS.top_k if FLAGS["top_k"].present else None
-  linked, timing = linking.link_documents(e2e, records, FLAGS.world, FLAGS.threshold, top_k)
+  linked, timing = linking.link_documents(e2e, records, FLAGS.world, FLAGS.threshold,
+                                          FLAGS.top_k)
   if FLAGS.output and jax.process_index() == 0:
     tmp = FLAGS.output + ".tmp"
     with open(tmp, "w") as f:

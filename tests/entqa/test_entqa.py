@@ -1,13 +1,17 @@
 """EntQA end to end: the retriever and reader trainers on the tiny world, the metrics, the
-title-match baseline, the threshold calibration, and the evaluate / link command paths."""
+title-match baseline, the threshold calibration, the evaluate / link command paths, and an
+export of the reader linking raw text without its workdirs."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 import tiny_world
 from zel_jax import evaluate
+from zel_jax import export as export_cli
+from zel_jax import link as link_cli
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import zeshel
 from zel_jax.evals import linking
@@ -294,3 +298,69 @@ def test_link_end_to_end_maps_spans_back_to_the_raw_text(trained):
     assert span["mention"] == span["mention"].strip() and span["score"] > 0.0
   with pytest.raises(ValueError, match="field 'text'"):
     linking.link_documents(e2e, [{"txt": text}], "computing")
+
+
+def _spans(record):
+  return [(s["start"], s["end"], s["document_id"]) for s in record["spans"]]
+
+
+def test_an_exported_reader_links_raw_text_without_its_workdirs(trained, tmp_path):
+  data, _, retriever, reader, _, _ = trained
+  out = tmp_path / "export"
+  manifest = export_cli.export(str(reader), str(out), world="computing")
+  assert manifest["documents"]["module"] == "zel_jax.recipes.entqa.exported"
+  gamma = json.load(open(reader / end_to_end.THRESHOLD_FILE))["gamma"]
+  assert manifest["documents"]["threshold"] == gamma
+  text = zeshel.ZeshelDataset(data).document("C000").text
+  e2e = end_to_end.EndToEnd(str(reader))
+  expected, _ = linking.link_documents(e2e, [{"text": text, "id": "x"}], "computing",
+                                       threshold=0.0)
+  # Neither workdir is read: both are moved away while the export links.
+  for path in (reader, retriever):
+    os.rename(path, f"{path}.away")
+  try:
+    linker = linking.Linker.from_pretrained(str(out))
+    assert linker.documents.threshold() == gamma
+    got = linker.link([{"text": text, "id": "x"}, text], threshold=0.0)
+    with pytest.raises(ValueError, match="input line 2: this retriever embeds passages"):
+      linker.link([text, "a [[compiler]] translates programs"])
+  finally:
+    for path in (reader, retriever):
+      os.rename(f"{path}.away", path)
+  assert _spans(got[0]) and _spans(got[0]) == _spans(expected[0])
+  np.testing.assert_allclose([s["score"] for s in got[0]["spans"]],
+                             [s["score"] for s in expected[0]["spans"]], atol=2e-4)
+  assert got[1] == {"text": text, "spans": got[0]["spans"]}  # A plain string is raw text.
+  # The best-linked entity removed is never linked; added back under a new id (same title
+  # and text), it is linked where it was; a restart reads the persisted knowledge base.
+  first = got[0]["spans"][0]
+  row = linker.kb.ids.index(first["document_id"])
+  entity = {"document_id": "NEW", "title": linker.kb.titles[row], "text": linker.kb.texts[row]}
+  linker.remove_entities([first["document_id"]])
+  gone = linker.link([text], threshold=0.0)[0]
+  assert first["document_id"] not in {s["document_id"] for s in gone["spans"]}
+  linker.add_entities([entity])
+  back = linker.link([text], threshold=0.0)[0]
+  assert (first["start"], first["end"], "NEW") in _spans(back)
+  reopened = linking.Linker.from_pretrained(str(out))
+  assert _spans(reopened.link([text], threshold=0.0)[0]) == _spans(back)
+  # A corpus file of raw texts goes through link --export's path; gamma applies by default.
+  corpus, links = tmp_path / "docs.jsonl", tmp_path / "links.jsonl"
+  corpus.write_text(json.dumps({"text": text}) + "\n")
+  counts = link_cli.link_file(reopened, str(corpus), str(links), None)
+  linked = json.loads(links.read_text())
+  assert counts["documents"] == 1 and counts["mentions"] == len(linked["spans"])
+  assert all(s["score"] > gamma for s in linked["spans"])
+  assert {tuple(x) for x in _spans(linked)} <= {tuple(x) for x in _spans(back)}
+
+
+def test_raw_text_without_a_reader_names_what_to_give(trained, tmp_path):
+  data, _, retriever, _, _, _ = trained
+  out = tmp_path / "export"
+  export_cli.export(str(retriever), str(out), world="computing")
+  linker = linking.Linker.from_pretrained(str(out))
+  assert linker.documents is None
+  with pytest.raises(ValueError, match="needs EntQA's reader: an export of a reader"):
+    linker.link(["raw text with no marks"])
+  with pytest.raises(ValueError, match="needs EntQA's reader"):
+    linker.link([{"text": "raw text"}])

@@ -7,6 +7,8 @@ reading it back without the training workdir.
   entity_encoder/      tokenizer files (one `encoder/` when the towers are shared); transformers
                        loads each as a BertModel / MPNetModel
   kb/                  the knowledge base (index/entity_kb.py): entities, vectors, store
+  reader/ ...          what links raw documents, when the recipe has it (EntQA's reader); the
+                       manifest's "documents" entry names the module that reads it
 
 The folder is written to a temporary sibling and renamed into place, so a failed export
 never leaves a partial folder where a good one was.
@@ -18,7 +20,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -48,9 +50,13 @@ class ExportedRetriever:
 
 
 def write_export(out: str | os.PathLike, config, model: biencoder.BiEncoder, featurizer,
-                 params: Any, step: int | str, kb: EntityKB, source: dict[str, Any]) -> dict:
+                 params: Any, step: int | str, kb: EntityKB, source: dict[str, Any],
+                 documents: Callable[[pathlib.Path], dict[str, Any] | None] | None = None
+                 ) -> dict:
   """Writes the export folder `out`; source: where it came from (workdir, world), kept in
-  the manifest. Returns the manifest."""
+  the manifest. documents: writes the recipe's document linker into the folder being
+  written (recipes.documents_exporter), its manifest entry returned. Returns the
+  manifest."""
   if type(model) is not biencoder.BiEncoder:
     raise ValueError(f"only plain bi-encoders export ({type(model).__name__} has layers "
                      "beyond its BERT towers, which a Hugging Face BertModel cannot hold): "
@@ -77,6 +83,9 @@ def write_export(out: str | os.PathLike, config, model: biencoder.BiEncoder, fea
       f.write(config.to_json_best_effort(indent=2))
     (tmp / "kb").mkdir()
     kb.write_into(tmp / "kb")
+    entry = documents(tmp) if documents is not None else None
+    if entry is not None:
+      manifest["documents"] = entry
     with open(tmp / MANIFEST, "w") as f:
       json.dump(manifest, f, indent=2, sort_keys=True)
       f.write("\n")

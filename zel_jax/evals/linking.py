@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import importlib
 import os
 import re
 from typing import Any, Protocol, Sequence
@@ -43,13 +44,15 @@ class PairScorer(Protocol):
 
 
 class DocumentLinker(Protocol):
-  """End-to-end linking of raw documents (EntQA): `dataset`, `predict(docs, worlds, top_k)`
-  -> ([(doc_id, c0, c1, entity_id, score)], timing), `threshold(value)` -> gamma."""
-  dataset: zeshel.ZeshelDataset
+  """End-to-end linking of raw documents (EntQA): `predict(docs, worlds, top_k)` ->
+  ([(doc_id, c0, c1, entity_id, score)], timing), `threshold(value)` -> gamma,
+  `title_of(world, entity_id)`."""
 
   def predict(self, docs, worlds, top_k): ...
 
   def threshold(self, value): ...
+
+  def title_of(self, world, entity_id): ...
 
 
 class Linker:
@@ -67,6 +70,8 @@ class Linker:
     self.params, self.views, self.step = retriever.params, retriever.views, retriever.step
     self.encode_mentions, self._encode_entities = inference.encoders(self.model)
     self.kb, self.world, self.dataset, self.kb_path = kb, world, dataset, kb_path
+    # Finds and links the mentions of raw text (an export with EntQA's reader), else None.
+    self.documents: DocumentLinker | None = None
 
   @classmethod
   def for_world(cls, retriever: LoadedRetriever, workdir: str, data: str | None, world: str,
@@ -125,8 +130,15 @@ class Linker:
     retriever = LoadedRetriever(exported.config, exported.mesh, exported.model,
                                 exported.featurizer, exported.params, exported.step,
                                 exported.views)
-    return cls(retriever, kb, exported.manifest.get("world", ""),
-               kb_path=os.path.join(path, "kb"))
+    linker = cls(retriever, kb, exported.manifest.get("world", ""),
+                 kb_path=os.path.join(path, "kb"))
+    spec = exported.manifest.get("documents")
+    if spec:
+      # The export names the module that reads its document linker, as a config names its
+      # recipe: nothing here imports a recipe.
+      linker.documents = importlib.import_module(spec["module"]).open_exported(path, spec,
+                                                                               linker)
+    return linker
 
   @property
   def store(self):
@@ -206,34 +218,72 @@ class Linker:
                        f"{len(text)} characters")
     return text[:start], text[start:end], text[end:]
 
-  def link(self, items: Sequence[dict[str, Any] | str], top_k: int = 16,
-           reranker: PairScorer | None = None) -> list[dict[str, Any]]:
+  def link(self, items: Sequence[dict[str, Any] | str], top_k: int | None = None,
+           reranker: PairScorer | None = None, threshold: float | None = None
+           ) -> list[dict[str, Any]]:
     """Links mentions and texts. Each item is a mention ({text, start, end} in characters,
     end exclusive, or a ZESHEL mention record): returned with "mention" and "entities"
-    [{document_id, title, score}, ...] best first; or a text with its mentions, a string
-    marked "a [[mention]] here" (any number of marks) or {text, spans: [{start, end}, ...]}:
-    returned as {..., "spans": [{start, end, mention, document_id, title, score, entities}]}
-    (the best entity first, the top_k in "entities")."""
-    mentions, first, lines = [], [], []
+    [{document_id, title, score}, ...] best first (top_k, default 16); or a text with its
+    mentions, a string marked "a [[mention]] here" (any number of marks) or {text, spans:
+    [{start, end}, ...]}: returned as {..., "spans": [{start, end, mention, document_id,
+    title, score, entities}]} (the best entity first, the top_k in "entities"). With a
+    document linker (an export of EntQA's reader), raw text too, a string without marks or
+    {text, topic?}: its mentions are found and linked, the spans scoring above the
+    threshold (default: the calibrated gamma) returned the same way; top_k is then the
+    candidates read per passage (default: the reader's)."""
+    raw = [i for i, item in enumerate(items) if self._is_raw_text(item)]
+    by_item = dict(zip(raw, self._link_raw(items, raw, top_k, threshold)))
+    mentions, ranges, lines = [], {}, []
     for i, item in enumerate(items):
-      first.append(len(mentions))
+      if i in by_item:
+        continue
       found = _mentions_of(item, i + 1)
+      ranges[i] = (len(mentions), len(mentions) + len(found))
       mentions += found
       lines += [i + 1] * len(found)
-    linked = self._link_mentions(mentions, top_k, reranker, lines)
+    linked = self._link_mentions(mentions, top_k or 16, reranker, lines)
     out = []
     for i, item in enumerate(items):
+      if i in by_item:
+        out.append(by_item[i])
+        continue
       if _is_mention(item):
-        out.append(linked[first[i]])
+        out.append(linked[ranges[i][0]])
         continue
       spans = []
-      for record in linked[first[i]:first[i + 1] if i + 1 < len(items) else len(linked)]:
+      for record in linked[ranges[i][0]:ranges[i][1]]:
         best = record["entities"][0] if record["entities"] else {}
         spans.append({"start": record["start"], "end": record["end"],
                       "mention": record["mention"], **best, "entities": record["entities"]})
       base = {"text": _plain_text(item)} if isinstance(item, str) else dict(item)
       out.append({**base, "spans": spans})
     return out
+
+  def _is_raw_text(self, item: Any) -> bool:
+    """Text whose mentions are not given: linked by the document linker (an error names
+    what to give without one)."""
+    if self.documents is None:
+      return False
+    if isinstance(item, str):
+      return not re.search(r"\[\[(.+?)\]\]", item)
+    return isinstance(item, dict) and not _is_mention(item) and "spans" not in item
+
+  def _link_raw(self, items, raw: Sequence[int], top_k: int | None,
+                threshold: float | None) -> list[dict[str, Any]]:
+    if not raw:
+      return []
+    records = [{"text": items[i]} if isinstance(items[i], str) else items[i] for i in raw]
+    try:
+      linked, _ = link_documents(self.documents, records, self.world, threshold, top_k)
+    except ValueError as e:
+      # link_documents counts lines among the raw texts; name the item instead.
+      raise ValueError(re.sub(r"input line (\d+)",
+                              lambda m: f"input line {raw[int(m.group(1)) - 1] + 1}",
+                              str(e))) from None
+    for record in linked:
+      for span in record["spans"]:
+        span["entities"] = [{k: span[k] for k in ("document_id", "title", "score")}]
+    return linked
 
   def _link_mentions(self, records: Sequence[dict[str, Any]], top_k: int,
                      reranker: PairScorer | None, lines: Sequence[int]
@@ -242,6 +292,10 @@ class Linker:
     pieces = [self._pieces(r, line) for r, line in zip(records, lines)]
     if not pieces:
       return []
+    if self.config.data.get("mention_length") is None:
+      raise ValueError(f"input line {lines[0]}: this retriever embeds passages, not marked "
+                       "mentions (EntQA's): give the text without marks or spans, and its "
+                       "reader finds the mentions")
     lefts, mentions, rights = zip(*pieces)
     feats = self.featurizer.mention_features(lefts, mentions, rights,
                                              self.config.data.mention_length)
@@ -268,6 +322,10 @@ class Linker:
     return out
 
 
+RAW_TEXT_HINT = ("finding mentions in raw text needs EntQA's reader: an export of a reader "
+                 "workdir, or link --end_to_end --workdir=<reader>")
+
+
 def _is_mention(item: Any) -> bool:
   return isinstance(item, dict) and ("start" in item or "context_document_id" in item)
 
@@ -288,8 +346,7 @@ def _mentions_of(item: Any, line: int) -> list[dict[str, Any]]:
   if "spans" not in item:
     raise ValueError(f"input line {line}: give the mentions: {{text, start, end}}, "
                      "{text, spans: [{start, end}]} or a string with [[marked]] mentions "
-                     "(finding mentions in raw text needs an EntQA reader: link "
-                     "--end_to_end)")
+                     f"({RAW_TEXT_HINT})")
   if not isinstance(item["spans"], list):
     raise ValueError(f"input line {line}: field 'spans' must be a list of {{start, end}}")
   out = []
@@ -307,7 +364,7 @@ def marked_mentions(text: str) -> list[dict[str, Any]]:
     start = match.start() - 4 * n  # Each earlier mark dropped its four brackets.
     spans.append({"text": plain, "start": start, "end": start + len(match.group(1))})
   if not spans:
-    raise ValueError(f"mark the mention with double brackets: {text!r}")
+    raise ValueError(f"mark the mention with double brackets: {text!r} ({RAW_TEXT_HINT})")
   return spans
 
 
@@ -362,7 +419,6 @@ def link_documents(e2e, records: Sequence[dict[str, Any]], world: str,
                                        record.get("topic"), ()))
   predicted, timing = e2e.predict(docs, [world] * len(docs), top_k)
   gamma = e2e.threshold(threshold)
-  entities = e2e.dataset.entities(world)
   by_doc: dict[str, list] = {d.doc_id: [] for d in docs}
   for doc_id, c0, c1, entity, score in predicted:
     if score > gamma:
@@ -372,6 +428,6 @@ def link_documents(e2e, records: Sequence[dict[str, Any]], world: str,
     spans = sorted(by_doc[doc.doc_id], key=lambda x: (x[0], x[1]))
     out.append({**record, "spans": [
         {"start": c0, "end": c1, "mention": doc.text[c0:c1], "document_id": entity,
-         "title": entities[entity].title, "score": round(float(score), 4)}
+         "title": e2e.title_of(world, entity), "score": round(float(score), 4)}
         for c0, c1, entity, score in spans]})
   return out, dict(timing, threshold=gamma)

@@ -81,6 +81,16 @@ def open_linker(workdir: str, data: str | None, world: str, store: str = "exact"
                                   store)
 
 
+def documents_exporter(workdir: str):
+  """What an export of this workdir adds to link raw documents (EntQA's reader): a function
+  of the export folder being written that returns the manifest's "documents" entry, or
+  None when the recipe links mentions only."""
+  recipe, config = for_workdir(workdir)
+  if recipe.export_documents is None:
+    return None
+  return lambda folder: recipe.export_documents(workdir, config, folder)
+
+
 def open_reranker(workdir: str) -> linking.PairScorer:
   """A second-stage workdir (BLINK's cross-encoder) for `link --rerank`."""
   recipe, config = for_workdir(workdir)

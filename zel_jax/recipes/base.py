@@ -19,6 +19,9 @@ class Recipe:
     retriever(workdir, config, untrained) -> evals.linking.LoadedRetriever  (link)
     reranker(workdir, config) -> evals.linking.PairScorer                 (link --rerank)
     documents(workdir, data) -> evals.linking.DocumentLinker              (--end_to_end)
+    export_documents(workdir, config, folder) -> manifest entry or None     (export)
+      writes what links raw documents (EntQA's reader) into an export being written; the
+      entry names the module whose open_exported(path, entry, linker) reads it back
     step_shapes(config, mesh) -> {name: (shape, dtype)} of a training batch  (bench memory)
   """
   name: str
@@ -27,6 +30,7 @@ class Recipe:
   retriever: Callable[[str, Any, bool], Any] | None = None
   reranker: Callable[[str, Any], Any] | None = None
   documents: Callable[[str, str | None], Any] | None = None
+  export_documents: Callable[[str, Any, Any], dict[str, Any] | None] | None = None
   step_shapes: Callable[[Any, Any], dict[str, Any]] | None = None
 
   def stage(self, config) -> str:

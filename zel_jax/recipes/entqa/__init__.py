@@ -4,12 +4,14 @@ found) and entqa_reader (each candidate's mentions in the passage); whole docume
 linked end to end. See README.md here."""
 
 from zel_jax.recipes.base import Recipe
-from zel_jax.recipes.entqa import commands, reader_trainer, retriever
+from zel_jax.recipes.entqa import commands, exported, reader_trainer, retriever
 
 RECIPE = Recipe(
     name="entqa",
     trainers={"entqa_retriever": retriever.train_and_evaluate,
               "entqa_reader": reader_trainer.train_and_evaluate},
     evaluate=commands.evaluate,
+    retriever=commands.load_retriever,
     documents=commands.document_linker,
+    export_documents=exported.write_reader,
 )

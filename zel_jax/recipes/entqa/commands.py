@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from zel_jax import workdir_io
 from zel_jax.evals import base as evals_base
+from zel_jax.recipes.blink import commands as blink_commands
 from zel_jax.recipes.entqa import end_to_end, retriever
 
 
@@ -26,3 +28,15 @@ def evaluate(workdir: str, config, request: evals_base.EvalRequest) -> dict[str,
 def document_linker(workdir: str, data: str | None = None) -> end_to_end.EndToEnd:
   """`link --end_to_end` and `evaluate --end_to_end`: a reader workdir with its retriever."""
   return end_to_end.EndToEnd(workdir, data)
+
+
+def load_retriever(workdir: str, config, untrained: bool = False):
+  """The retriever hook (export, link): an EntQA retriever workdir, or a reader's retriever
+  (its config.data.candidates workdir). Its mention tower embeds passages."""
+  if config.get("trainer") == "entqa_reader":
+    workdir = config.data.candidates
+    if not workdir:
+      raise ValueError("the reader's config.data.candidates (its retriever's workdir) is "
+                       "empty")
+    config = workdir_io.load_config(workdir)
+  return blink_commands.load_retriever(workdir, config, untrained)

@@ -27,6 +27,15 @@ from zel_jax.recipes.entqa import passage_retrieval, reader
 THRESHOLD_FILE = "threshold.json"
 
 
+def workdir_threshold(workdir: str, config) -> float:
+  """The calibrated gamma in W/threshold.json, else the config's."""
+  path = os.path.join(workdir, THRESHOLD_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return float(json.load(f)["gamma"])
+  return float(config.reader.threshold)
+
+
 class EndToEnd:
   """A trained reader and its retriever, ready to link raw documents (evaluate and link)."""
 
@@ -59,11 +68,10 @@ class EndToEnd:
     """--threshold, else the calibrated gamma in W/threshold.json, else the config's."""
     if override is not None:
       return float(override)
-    path = os.path.join(self.workdir, THRESHOLD_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        return float(json.load(f)["gamma"])
-    return float(self.config.reader.threshold)
+    return workdir_threshold(self.workdir, self.config)
+
+  def title_of(self, world: str, entity_id: str) -> str:
+    return self.dataset.entities(world)[entity_id].title
 
   def _tables(self, worlds: Sequence[str]):
     key = tuple(sorted(set(worlds)))
