@@ -21,17 +21,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> pathlib.Path:
-  """../shared/data beside the checkout, or $ZEL_SHARED_DATA."""
-  return pathlib.Path(os.environ.get("ZEL_SHARED_DATA", REPO.parent / "shared" / "data"))
+  """The real data excerpts committed under tests/data/real (copied from ../shared/data)."""
+  return REPO / "tests" / "data" / "real"
 
 
 @pytest.fixture
 def shared_data():
-  """The shared real data; skips (naming what is missing) where a clone has none."""
-  path = shared_data_dir()
-  if not (path / "zeshel_excerpt").is_dir():
-    pytest.skip(f"real data missing: {path / 'zeshel_excerpt'} (set ZEL_SHARED_DATA)")
-  return path
+  """The real data excerpts (ZESHEL, the UFET type vocabulary), part of every clone."""
+  return shared_data_dir()
 
 
 @pytest.fixture(scope="session")

@@ -237,9 +237,39 @@ def test_link_on_the_real_excerpt(tiny, tmp_path, shared_data):
     linker.link([{"text": "short", "start": 3, "end": 40}])
 
 
-def test_gradient_accumulation(tiny, tmp_path):
+def test_gradient_accumulation_equals_the_unaccumulated_step():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
   x = jnp.arange(8)
   np.testing.assert_array_equal(loop._microbatches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
+  # A loss that is a mean over examples: two microbatches of 4 accumulate to exactly the
+  # step on the whole batch of 8 (loss, gradient and the parameters after the update).
+  def loss_fn(params, batch, rng):
+    del rng
+    residual = batch["x"] @ params["w"] + params["b"] - batch["y"]
+    return jnp.mean(residual ** 2)
+
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+           "y": jnp.asarray(rng.normal(size=(8,)), jnp.float32)}
+  params = {"w": jnp.asarray([0.5, -1.0, 2.0]), "b": jnp.asarray(0.3)}
+  optimizer = optax.sgd(0.1)  # Plain SGD: the update is proportional to the gradient.
+  results = {}
+  for accum in (1, 2, 4):
+    update = loop.make_update(loss_fn, optimizer, lambda step: 0.1,
+                              ml_collections.ConfigDict({"grad_accum_steps": accum}))
+    results[accum] = jax.jit(update)(params, optimizer.init(params), 0, batch,
+                                     jax.random.PRNGKey(0))
+  for accum in (2, 4):
+    new_params, _, measured = results[accum]
+    np.testing.assert_allclose(measured["loss"], results[1][2]["loss"], rtol=1e-6)
+    np.testing.assert_allclose(measured["grad_norm"], results[1][2]["grad_norm"], rtol=1e-5)
+    for name in params:
+      np.testing.assert_allclose(new_params[name], results[1][0][name], rtol=1e-5)
+  assert not np.allclose(results[1][0]["w"], params["w"])  # The step did move them.
+
+
+def test_gradient_accumulation_trains_the_bi_encoder(tiny, tmp_path):
   data, model_dir = tiny
   config = tiny_world.tiny_config(data, model_dir, num_train_steps=4, grad_accum_steps=2)
   result = trainer.train_and_evaluate(config, str(tmp_path))

@@ -269,6 +269,24 @@ def test_distillation_scores_once_and_trains(tiny, cross, tmp_path):
   with np.load(cache) as saved:
     scores = saved["scores"]
   assert scores.shape == (32, 4) and np.isfinite(scores).all()
+  # The cached scores are the cross-encoder's own: the linker's reranker (another path from
+  # mention records and entities to scores) gives the same for the same pairs.
+  from zel_jax.data import zeshel  # pylint: disable=g-import-not-at-top
+  from zel_jax.recipes.blink import commands  # pylint: disable=g-import-not-at-top
+  dataset = zeshel.ZeshelDataset(data)
+  reranker = commands.Reranker(str(cross[0]))
+  train = trainer.rerank_set(distill_config, dataset, reranker.featurizer, "train",
+                             candidates_lib.path_of(str(bi), "train"), 32, distill_config.seed)
+  rows_used, _ = candidates_lib.with_gold(train.rows, train.gold)
+  pieces, entities = [], []
+  for mention, row in zip(train.mentions, rows_used):
+    words = dataset.document(mention.context_document_id).text.split()
+    start, end = mention.start_index, mention.end_index
+    pieces.append((" ".join(words[:start]), " ".join(words[start:end + 1]),
+                   " ".join(words[end + 1:])))
+    by_id = dataset.entities(mention.corpus)
+    entities.append([by_id[train.entity_doc_ids[r]] for r in row])
+  np.testing.assert_allclose(scores, reranker.score(pieces, entities), atol=1e-4)
   # A longer run resumes from step 6 and reuses the teacher's scores.
   stamp = cache.stat().st_mtime_ns
   distill_config.num_train_steps = 8

@@ -11,6 +11,7 @@ import pytest
 
 import tiny_world
 from zel_jax import recipes, workdir_io
+from zel_jax.configs import etzel_typing
 from zel_jax.data import foldoc, zeshel
 from zel_jax.evals import linking
 from zel_jax.recipes.etzel import typer
@@ -61,11 +62,11 @@ def test_categories_compare_the_tokenized_title(world):
        for _ in read_jsonl(out / "mentions" / f"{split}.json")])
 
 
-def test_etzel_reads_descriptions_after_the_title_as_written_or_tokenized(world, shared_data):
+def test_etzel_reads_descriptions_after_the_title_as_written_or_tokenized(world):
   # Texts open with the tokenized headword ("high - level language < ... >"): ETZEL's entity
   # description and distant labels skip it exactly as they did when titles were tokenized.
   _, _, documents = world
-  index = typing_data.TypeVocabulary.load(shared_data / "ufet_types.txt").index
+  index = typing_data.TypeVocabulary.load(etzel_typing.default_vocabulary()).index
   assert zeshel.strip_title("a - b c", "a-b") == zeshel.strip_title("a - b c", "a - b") == "c"
   assert zeshel.strip_title("x y", "a-b") == "x y"
   for d in documents:

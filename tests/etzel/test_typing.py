@@ -11,6 +11,7 @@ import pytest
 
 import tiny_world
 from zel_jax import evaluate, losses, metric_writer
+from zel_jax.configs import etzel_typing
 from zel_jax.recipes.etzel import types as typing_data
 from zel_jax.data import zeshel
 from zel_jax.models import bert
@@ -38,8 +39,8 @@ def test_vocabulary_file_errors_name_the_line(tmp_path):
     typing_data.TypeVocabulary.load(path)
 
 
-def test_real_ufet_vocabulary(shared_data):
-  vocabulary = typing_data.TypeVocabulary.load(shared_data / "ufet_types.txt")
+def test_real_ufet_vocabulary():
+  vocabulary = typing_data.TypeVocabulary.load(etzel_typing.default_vocabulary())
   assert len(vocabulary) == 10331
   assert vocabulary.labels[:3] == ("person", "object", "organization")
   assert "programming_language" in vocabulary.index
@@ -321,7 +322,10 @@ def test_multitask_trains_on_extracted_types_and_evaluates(tiny, typing_run, tmp
   logged = [r["loss"] for r in metric_writer.read_jsonl(str(tmp_path / "metrics.jsonl"))]
   assert np.mean(logged[-2:]) < np.mean(logged[:2])
   test = result["evals"]["test"]
-  assert test["recall@64"] == 100.0 and test["recall@1"] > 100 / 56
+  untrained = evaluate.run(str(tmp_path), None, "test", "exact", None, "untrained", 16)
+  # Better than the same encoder untrained, at k below the world's 56 entities (measured
+  # 68.75 against 37.5 over 16 mentions).
+  assert test["recall@16"] > untrained["recall@16"]
   assert set(test["per_category"]) >= {"HIGH_OVERLAP"}
   # The CLI path: zel_jax.evaluate restores the type-aware model from the workdir.
   again = evaluate.run(str(tmp_path), None, "test", "exact", None, None, 100)

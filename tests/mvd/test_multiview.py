@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from zel_jax import evaluate as evaluate_lib
 from zel_jax import recipes
 from zel_jax.data import features, local_views
 from zel_jax.models import bert_io
@@ -262,8 +263,10 @@ def test_retriever_warms_up_over_views(retriever):
   # notes, each with its global view too: (16 * 4 + 40 * 2) / 56 vectors per entity.
   assert test["views"] == "global+local"
   assert test["vectors_per_entity"] == round((16 * 4 + 40 * 2) / 56, 3)
-  assert test["entities"] == {"computing": 56} and test["recall@64"] == 100.0
-  assert test["recall@1"] > 100 / 56
+  assert test["entities"] == {"computing": 56}
+  # Trained, it ranks better than the same encoder before training (recall@k, k < 56).
+  untrained = evaluate_lib.run(str(workdir), None, "test", "exact", None, "untrained", 16)
+  assert test["recall@16"] > untrained["recall@16"] and test["recall@8"] > 100 * 8 / 56
   # Every entity once per mention, however many of its views scored.
   with open(workdir / "candidates" / "test.jsonl") as f:
     for line in f:
@@ -338,7 +341,8 @@ def test_joint_training_mines_and_distills(tiny, retriever, teacher, tmp_path):
   config, result = _joint(tiny, retriever, teacher, tmp_path)
   logged = _losses(tmp_path)
   assert len(logged) == 4 and all(np.isfinite(logged))
-  assert result["evals"]["test"]["recall@64"] == 100.0
+  # Twice chance at k = 8 of 56 entities (measured 62.5 over 16 mentions).
+  assert result["evals"]["test"]["recall@8"] > 2 * 100 * 8 / 56
   params, meta = _restored(config, tmp_path)
   # The candidates in use (mined at step 4 with the student of then) are in the checkpoint:
   # the gold at its label, K - 1 distinct negatives, never the gold.
@@ -360,7 +364,8 @@ def test_joint_training_mines_and_distills(tiny, retriever, teacher, tmp_path):
   assert local["vectors_per_entity"] == round((16 * 3 + 40) / 56, 3)
   assert (tmp_path / "candidates" / "test.local.jsonl").exists()
   single = evaluate.run(str(tmp_path), None, "test", "exact", None, None, 100, views="global")
-  assert "views" not in single and single["recall@64"] == 100.0
+  assert "views" not in single
+  assert single["recall@8"] > 2 * 100 * 8 / 56  # Measured 50.0.
   linked = recipes.open_linker(str(tmp_path), None, "computing").link(
       [{"text": "it runs in the kernel today", "start": 15, "end": 21}], top_k=20)
   ids = [e["document_id"] for e in linked[0]["entities"]]

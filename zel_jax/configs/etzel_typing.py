@@ -34,10 +34,10 @@ from zel_jax.configs import common
 
 
 def default_vocabulary() -> str:
-  """ufet_types.txt from $ZEL_SHARED_DATA or the shared data beside the checkout."""
-  shared = os.environ.get("ZEL_SHARED_DATA", os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
-  return os.path.normpath(os.path.join(shared, "ufet_types.txt"))
+  """UFET's type vocabulary, shipped with the recipe (zel_jax/recipes/etzel/ufet_types.txt);
+  the config names the file only, importing nothing."""
+  return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                       "recipes", "etzel", "ufet_types.txt"))
 
 
 def get_config(arg=None):
