@@ -44,6 +44,7 @@ import jax
 from tqdm import tqdm
 
 from zel_jax import metric_writer, recipes, sharding
+from zel_jax.data import guards
 from zel_jax.evals import linking
 
 
@@ -57,7 +58,9 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(f, 1):
       if line.strip():
         try:
-          yield number, json.loads(line)
+          yield number, guards.loads(line)
+        except guards.DuplicateKeyError as e:
+          raise ValueError(f"{path}:{number}: field {e.key!r}: {e}") from None
         except json.JSONDecodeError as e:
           raise ValueError(f"{path}:{number}: malformed JSON: {e.msg}") from None
 

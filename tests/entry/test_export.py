@@ -218,7 +218,7 @@ def test_batch_linking_of_a_corpus_from_the_export(exported, tmp_path):
   links.unlink()
   from zel_jax import link as link_cli
   linker = linking.Linker.from_pretrained(str(out))
-  with pytest.raises(ValueError, match=r"docs.jsonl: line 5: fields 'start' and 'end' must"):
+  with pytest.raises(ValueError, match=r"docs.jsonl: line 5: field 'start': expected an integer"):
     link_cli.link_file(linker, str(corpus), str(links), 3, chunk=2)
   assert not links.exists() and not (tmp_path / "links.jsonl.tmp").exists()
 

@@ -293,11 +293,11 @@ def test_reads_wiki_pickle_layout(tmp_path):
   }
   path = tmp_path / "wiki_de.pkl"
   path.write_bytes(pickle.dumps(data))
-  kb, mentions = reference.read_wiki_pickle(path, "de")
+  kb, mentions = reference.read_wiki_pickle(path, "de", trust_pickle=True)
   assert [(e.id, e.name, e.types) for e in kb] == [("17", "Berlin", ("City",))]
   assert [(m.text, m.label) for m in mentions] == [("Berlin", "17"), ("Spree", crosslang.NIL)]
   # The CLI writes them in this layout, readable by the trainer's reader.
-  assert cli.main(["--wiki_pickle", str(path), "--languages", "de",
+  assert cli.main(["--wiki_pickle", str(path), "--trust_pickle", "--languages", "de",
                          "--out", str(tmp_path / "out")]) == 0
   written = [m for split in crosslang.SPLITS for m in crosslang.read_mentions(
       crosslang.mentions_path(tmp_path / "out", "de", split), {"17"})]

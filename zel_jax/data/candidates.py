@@ -18,6 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from zel_jax.data import guards
+
 
 def path_of(workdir_or_file: str, split: str, world: str | None = None) -> str:
   """A candidates file given either itself or the workdir whose evaluation wrote it.
@@ -28,6 +30,9 @@ def path_of(workdir_or_file: str, split: str, world: str | None = None) -> str:
   """
   if not os.path.isdir(workdir_or_file):
     return workdir_or_file
+  guards.plain_name(split, "split")
+  if world:
+    guards.plain_name(world, "world")
   every = os.path.join(workdir_or_file, "candidates", f"{split}.jsonl")
   if not world:
     return every

@@ -71,7 +71,7 @@ import pathlib
 import sys
 from typing import Any, Iterator, Sequence
 
-from zel_jax.data import convert_io, zeshel
+from zel_jax.data import convert_io, guards, zeshel
 from zel_jax.data.convert_io import BadRow
 
 KB_FORMATS = ("jsonl", "csv", "blink")
@@ -110,6 +110,9 @@ def _kb_document(record: dict[str, Any], fmt: str, position: int
     aliases = _aliases(record, fmt)
   document = {"document_id": document_id, "title": convert_io.field_of(record, "title", str),
               "text": convert_io.field_of(record, "text", str)}
+  if not document["title"].strip() and not document["text"].strip():
+    # The reader refuses such an entity (nothing to encode): refused here, with its line.
+    raise BadRow("title", "empty, and so is 'text': an entity needs a title or a description")
   if aliases:
     document["aliases"] = aliases
   return document, id_field
@@ -150,6 +153,7 @@ def convert_kb(input_path: os.PathLike | str, fmt: str, world: str, out_dir: os.
   """
   if fmt not in KB_FORMATS:
     raise ValueError(f"--format for kb is one of {KB_FORMATS}, got {fmt!r}")
+  guards.plain_name(world, "--world")
   source, out = pathlib.Path(input_path), pathlib.Path(out_dir)
   target = out / "documents" / f"{world}.json"
   rejects = convert_io.Rejects(source, skip_bad)
@@ -366,6 +370,8 @@ def convert_mentions(input_path: os.PathLike | str, fmt: str, world: str, split:
   their texts into OUT/documents/<world>.<split>.contexts.json; returns the counts."""
   if fmt not in MENTION_FORMATS:
     raise ValueError(f"--format for mentions is one of {MENTION_FORMATS}, got {fmt!r}")
+  guards.plain_name(world, "--world")
+  guards.plain_name(split, "--split")
   gold = gold or ("index" if fmt == "blink" else "id")
   if gold not in GOLD_MODES or (fmt == "jsonl" and gold == "index"):
     raise ValueError(f"--gold for {fmt} mentions is one of "

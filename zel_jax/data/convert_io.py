@@ -15,7 +15,7 @@ import os
 import pathlib
 from typing import Any, Iterable, Iterator
 
-from zel_jax.data import zeshel
+from zel_jax.data import guards, zeshel
 
 CSV_COLUMNS = ("id", "title", "text")
 _BOM = b"\xef\xbb\xbf"
@@ -62,7 +62,10 @@ def json_rows(path: pathlib.Path) -> Iterator[tuple[int, str, dict[str, Any] | B
             None, f"not UTF-8 ({e.reason} at byte {e.start})")
         continue
       try:
-        record = json.loads(text)
+        record = guards.loads(text)
+      except guards.DuplicateKeyError as e:
+        yield number, text, BadRow(e.key, str(e))
+        continue
       except json.JSONDecodeError as e:
         yield number, text, BadRow(None, f"malformed JSON: {e.msg} at column {e.colno}")
         continue

@@ -57,7 +57,8 @@ def mention_set(dataset: zeshel.ZeshelDataset, split: str, featurizer: features_
                 window_words: int | None = None) -> MentionSet:
   """The mentions of `split` (of `worlds` only, if given) with features and gold rows.
 
-  `entities` must hold every world the kept mentions belong to.
+  `entities` must hold every world the kept mentions belong to. No mention to keep is an
+  error naming the split's file.
   """
   keep = None if worlds is None else set(worlds)
   rows = {w: e.row_of() for w, e in entities.items()}
@@ -76,9 +77,14 @@ def mention_set(dataset: zeshel.ZeshelDataset, split: str, featurizer: features_
     spans.append(" ".join(span))
     rights.append(" ".join(right))
     gold.append(rows[mention.corpus][mention.label_document_id])
-  feats = featurizer.mention_features(lefts, spans, rights, max_length) if mentions else {
-      "input_ids": np.zeros((0, max_length), np.int32),
-      "attention_mask": np.zeros((0, max_length), np.int32)}
+  if not mentions:
+    # Training on nothing fails later without saying why, and an evaluation of nothing
+    # reports recall 0/0: neither is a result.
+    raise zeshel.ZeshelFormatError(
+        f"{dataset.mentions_path(split)}: split {split!r} has no mentions"
+        + ("" if keep is None else f" of the worlds {sorted(keep)}")
+        + ": training and evaluation need at least one")
+  feats = featurizer.mention_features(lefts, spans, rights, max_length)
   return MentionSet(mentions, np.asarray([m.corpus for m in mentions]),
                     np.asarray(gold, np.int64), feats)
 

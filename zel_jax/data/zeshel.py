@@ -27,6 +27,10 @@ import re
 import warnings
 from typing import Any, Iterable, Iterator, Literal
 
+from absl import logging
+
+from zel_jax.data import guards
+
 HIGH_OVERLAP = "HIGH_OVERLAP"
 MULTIPLE_CATEGORIES = "MULTIPLE_CATEGORIES"
 AMBIGUOUS_SUBSTRING = "AMBIGUOUS_SUBSTRING"
@@ -146,7 +150,9 @@ def _lines(path: pathlib.Path) -> Iterator[tuple[int, int, bytes]]:
 
 def _parse_object(path: pathlib.Path, number: int, raw: bytes) -> dict[str, Any]:
   try:
-    record = json.loads(raw.decode("utf-8"))
+    record = guards.loads(raw.decode("utf-8"))
+  except guards.DuplicateKeyError as e:
+    raise format_error(path, number, e.key, str(e)) from None
   except UnicodeDecodeError as e:
     raise format_error(path, number, None, f"not UTF-8 ({e.reason} at byte {e.start})") from e
   except json.JSONDecodeError as e:
@@ -209,8 +215,14 @@ def _entity(record: dict[str, Any], world: str, path: pathlib.Path, number: int)
   document_id = _field(record, "document_id", str, path, number)
   if not document_id:
     raise format_error(path, number, "document_id", "empty")
-  return Entity(document_id=document_id, title=_field(record, "title", str, path, number),
-                text=_field(record, "text", str, path, number), world=world)
+  entity = Entity(document_id=document_id, title=_field(record, "title", str, path, number),
+                  text=_field(record, "text", str, path, number), world=world)
+  # Nothing to encode: the entity would be an input of special tokens alone, a candidate
+  # that every mention scores alike.
+  if not entity.title.strip() and not entity.text.strip():
+    raise format_error(path, number, "title", f"empty, and so is 'text', for document "
+                       f"{document_id!r}: an entity needs a title or a description")
+  return entity
 
 
 def _mention(record: dict[str, Any], path: pathlib.Path, number: int) -> Mention:
@@ -226,6 +238,13 @@ def _mention(record: dict[str, Any], path: pathlib.Path, number: int) -> Mention
       category=category)
   if not mention.mention_id:
     raise format_error(path, number, "mention_id", "empty")
+  if not mention.text.strip():
+    raise format_error(path, number, "text", f"{mention.text!r}: empty or only whitespace")
+  # The corpus names documents/<corpus>.json: checked here, before anything opens it.
+  try:
+    guards.plain_name(mention.corpus, "world")
+  except guards.UnsafeNameError as e:
+    raise format_error(path, number, "corpus", str(e)) from None
   return mention
 
 
@@ -266,6 +285,7 @@ class ZeshelDataset:
     # split read each context document about once.
     self._cache: collections.OrderedDict[str, Entity] = collections.OrderedDict()
     self._cache_size = cache_size
+    self._warned: set[tuple[pathlib.Path, str]] = set()  # (file, field) warned about
 
   # -- files ------------------------------------------------------------------------------
 
@@ -281,12 +301,14 @@ class ZeshelDataset:
     return sorted(p.stem for p in (self.data_dir / "mentions").glob("*.json"))
 
   def documents_path(self, world: str) -> pathlib.Path:
+    guards.plain_name(world, "world")
     path = self.data_dir / "documents" / f"{world}.json"
     if not path.is_file():
       raise KeyError(f"unknown world {world!r}: no {path} (worlds: {self.worlds()})")
     return path
 
   def mentions_path(self, split: str) -> pathlib.Path:
+    guards.plain_name(split, "split")
     if not self.has_mentions():
       raise FileNotFoundError(
           f"{self.data_dir} has no mentions/ folder (a knowledge base alone), so no split "
@@ -304,6 +326,8 @@ class ZeshelDataset:
     """The documents of one world in file order; duplicate ids in the file are an error."""
     path = self.documents_path(world)
     seen: dict[str, int] = {}
+    # Lines of entities with an empty title or text: legal but suspicious, said once a file.
+    empty: dict[str, list[int]] = {"title": [], "text": []}
     for number, _, raw in _lines(path):
       entity = _entity(_parse_object(path, number, raw), world, path, number)
       if entity.document_id in seen:
@@ -311,7 +335,16 @@ class ZeshelDataset:
                            f"duplicate id {entity.document_id!r} (first at line "
                            f"{seen[entity.document_id]})")
       seen[entity.document_id] = number
+      for field in empty:
+        if not getattr(entity, field).strip():
+          empty[field].append(number)
       yield entity
+    for field, lines in empty.items():
+      if lines and (path, field) not in self._warned:
+        self._warned.add((path, field))
+        logging.warning("%s:%d: field %r: empty in %d of %d entities (lines %s), encoded "
+                        "from their %s alone", path, lines[0], field, len(lines), len(seen),
+                        lines[:5], "text" if field == "title" else "title")
 
   def entities(self, world: str) -> dict[str, Entity]:
     """The entity set of a world, loaded: document_id -> Entity, in file order."""

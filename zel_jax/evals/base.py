@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from absl import logging
 
 from zel_jax import workdir_io
+from zel_jax.data import guards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,13 @@ class EvalRequest:
   calibrate: bool = False
   documents: str | None = None
   max_documents: int = -1
+
+  def __post_init__(self):
+    # Both become file names (mentions/<split>.json, candidates/<split>.<world>.jsonl):
+    # refused here, before any recipe builds a path from them.
+    guards.plain_name(self.split, "--split")
+    if self.world is not None:
+      guards.plain_name(self.world, "--world")
 
 
 class Evaluator:

@@ -18,6 +18,7 @@ import numpy as np
 from zel_jax import index as index_lib
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import examples as examples_lib
+from zel_jax.data import guards
 from zel_jax.data import zeshel
 from zel_jax.evals import export_io, inference, retrieval
 from zel_jax.index.entity_kb import EntityKB
@@ -80,6 +81,7 @@ class Linker:
     cached as an exact store under W/stores/ (read back when it holds the world's entity
     count); a ScaNN index is cached beside them, a device store built from them."""
     config = retriever.config
+    guards.plain_name(world, "world")
     dataset = zeshel.ZeshelDataset(data or config.data.dir)
     if world not in dataset.worlds():
       raise ValueError(f"unknown world {world!r}; worlds: {dataset.worlds()}")
@@ -191,11 +193,12 @@ class Linker:
       if self.dataset is None:
         raise ValueError(f"input line {line}: a ZESHEL mention record needs the ZESHEL "
                          "folder its context document is in; give {text, start, end}")
-      try:
-        tokens = self.dataset.document(record["context_document_id"]).text.split()
-        start, end = int(record["start_index"]), int(record["end_index"])
-      except KeyError as e:
-        raise ValueError(f"input line {line}: field {e}: missing or unknown") from None
+      start, end = (_integer(record, f, line) for f in ("start_index", "end_index"))
+      document_id = record["context_document_id"]
+      if not isinstance(document_id, str) or document_id not in self.dataset:
+        raise ValueError(f"input line {line}: field 'context_document_id': unknown document "
+                         f"{document_id!r:.60}")
+      tokens = self.dataset.document(document_id).text.split()
       if not 0 <= start <= end < len(tokens):
         raise ValueError(f"input line {line}: span [{start}, {end}] outside the document's "
                          f"{len(tokens)} tokens")
@@ -208,14 +211,14 @@ class Linker:
     text = record["text"]
     if not isinstance(text, str):
       raise ValueError(f"input line {line}: field 'text' is not a string")
-    try:
-      start, end = int(record["start"]), int(record["end"])
-    except (TypeError, ValueError):
-      raise ValueError(f"input line {line}: fields 'start' and 'end' must be integers, got "
-                       f"{record['start']!r} and {record['end']!r}") from None
+    start, end = _integer(record, "start", line), _integer(record, "end", line)
     if not 0 <= start < end <= len(text):
       raise ValueError(f"input line {line}: span [{start}, {end}) outside the text of "
                        f"{len(text)} characters")
+    if not text[start:end].strip():
+      # An empty mention embeds as its markers alone and links to whatever is nearest.
+      raise ValueError(f"input line {line}: field 'start': span [{start}, {end}) "
+                       f"{text[start:end]!r} is only whitespace")
     return text[:start], text[start:end], text[end:]
 
   def link(self, items: Sequence[dict[str, Any] | str], top_k: int | None = None,
@@ -326,6 +329,18 @@ RAW_TEXT_HINT = ("finding mentions in raw text needs EntQA's reader: an export o
                  "workdir, or link --end_to_end --workdir=<reader>")
 
 
+def _integer(record: dict[str, Any], field: str, line: int) -> int:
+  """record[field], a JSON integer: int() would also take "4", 4.9 and true, numbers the
+  file did not give."""
+  if field not in record:
+    raise ValueError(f"input line {line}: field {field!r}: missing")
+  value = record[field]
+  if not isinstance(value, int) or isinstance(value, bool):
+    raise ValueError(f"input line {line}: field {field!r}: expected an integer, got "
+                     f"{type(value).__name__} {value!r:.40}")
+  return value
+
+
 def _is_mention(item: Any) -> bool:
   return isinstance(item, dict) and ("start" in item or "context_document_id" in item)
 
@@ -408,7 +423,7 @@ def link_documents(e2e, records: Sequence[dict[str, Any]], world: str,
   with its entity and score, best first within a document."""
   docs, seen = [], {}
   for i, record in enumerate(records):
-    if not isinstance(record.get("text"), str):
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
       raise ValueError(f"input line {i + 1}: field 'text' missing or not a string")
     doc_id = str(record.get("id", f"input:{i}"))
     if doc_id in seen:

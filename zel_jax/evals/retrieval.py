@@ -14,7 +14,7 @@ import numpy as np
 
 from zel_jax import index as index_lib
 from zel_jax.data import examples as examples_lib
-from zel_jax.data import local_views, zeshel
+from zel_jax.data import guards, local_views, zeshel
 from zel_jax.evals.inference import embed_rows, encoders
 from zel_jax.evals.metrics import gold_ranks, recall_report
 from zel_jax.index import views as views_lib
@@ -26,6 +26,7 @@ VIEWS = ("global", "local", "global+local")
 
 def store_path(workdir: str, world: str, step: Any, kind: str) -> str:
   """Where a world's store for a checkpoint step is kept, shared by evaluate and link."""
+  guards.plain_name(world, "world")
   return os.path.join(workdir, "stores", f"{world}.{step}.{kind}")
 
 

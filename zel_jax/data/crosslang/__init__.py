@@ -37,7 +37,7 @@ import os
 import pathlib
 from typing import Any, Sequence
 
-from zel_jax.data import zeshel
+from zel_jax.data import guards, zeshel
 
 NIL = "NIL"
 SPLITS = ("train", "dev", "test")
@@ -140,11 +140,18 @@ def read_candidates(path: os.PathLike | str) -> dict[str, tuple[list[str], list[
 
 
 def mentions_path(root, language: str, split: str) -> pathlib.Path:
-  return pathlib.Path(root) / "mentions" / language / f"{split}.jsonl"
+  return pathlib.Path(root) / "mentions" / _name(language, split) / f"{split}.jsonl"
 
 
 def candidates_path(root, language: str, split: str) -> pathlib.Path:
-  return pathlib.Path(root) / "candidates" / language / f"{split}.jsonl"
+  return pathlib.Path(root) / "candidates" / _name(language, split) / f"{split}.jsonl"
+
+
+def _name(language: str, split: str = "train") -> str:
+  """The language, checked with the split: both come from data (a TAC DOCID's prefix) and
+  become folder and file names under the root."""
+  guards.plain_name(split, "split")
+  return guards.plain_name(language, "language")
 
 
 def languages_in(root) -> list[str]:
@@ -165,7 +172,7 @@ def write_dataset(root, kb: Sequence[KbEntity], mentions: dict[tuple[str, str], 
   for (language, split), records in mentions.items():
     write_jsonl(mentions_path(root, language, split), (dataclasses.asdict(m) for m in records))
   for language, items in pairs.items():
-    write_jsonl(root / "pairs" / f"{language}.jsonl",
+    write_jsonl(root / "pairs" / f"{_name(language)}.jsonl",
                 ({"source": s, "english": e} for s, e in items))
   tmp = root / f".stats.json.tmp-{os.getpid()}"
   tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

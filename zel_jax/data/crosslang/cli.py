@@ -18,7 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "convert the reference code's Wikipedia pickle or TAC-KBP 2015 files.")
   parser.add_argument("--freedict", help="folder with freedict-<xxx>-eng.index/.dict.dz")
   parser.add_argument("--wordnet", help="folder with wn.index, wn.dict.dz")
-  parser.add_argument("--wiki_pickle", help="the reference code's wiki_<lang>.pkl")
+  parser.add_argument("--wiki_pickle", help="the reference code's wiki_<lang>.pkl (read "
+                      "only with --trust_pickle)")
+  parser.add_argument("--trust_pickle", action="store_true",
+                      help="read --wiki_pickle: loading a pickle EXECUTES CODE from the file "
+                      "(any program it names); give it only for a file you trust as a program")
   parser.add_argument("--tac_gold", help="tac_kbp_2015_tedl_*_gold_standard_entity_mentions.tab")
   parser.add_argument("--tac_source", help="folder holding the TAC documents (DOCID*)")
   parser.add_argument("--kb", help="--tac_gold: the KB (Freebase) as kb.jsonl")
@@ -30,8 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--max_pairs", type=int, default=20000)
   args = parser.parse_args(argv)
   if args.wiki_pickle:
+    if not args.trust_pickle:
+      # Refused before the file is opened: no code of it runs.
+      parser.error(f"--wiki_pickle {args.wiki_pickle}: loading a pickle executes code from "
+                   "the file; add --trust_pickle only if you trust it as a program")
     language = args.languages.split(",")[0]
-    kb, mentions = reference.read_wiki_pickle(args.wiki_pickle, language)
+    kb, mentions = reference.read_wiki_pickle(args.wiki_pickle, language, trust_pickle=True)
     stats = reference.convert_reference(args.out, kb, mentions)
   elif args.tac_gold:
     if not (args.tac_source and args.kb):

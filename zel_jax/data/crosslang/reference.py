@@ -4,23 +4,37 @@ and TAC-KBP 2015 gold files, split by mention id."""
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import pathlib
 import pickle
 import re
 from typing import Any, Sequence
 
-from zel_jax.data import crosslang
+from zel_jax.data import crosslang, guards
 
 
-def read_wiki_pickle(path: os.PathLike | str, language: str
+class UntrustedPickleError(ValueError):
+  """A pickle given without trust_pickle: loading one runs code it names."""
+
+
+def read_wiki_pickle(path: os.PathLike | str, language: str, trust_pickle: bool = False
                      ) -> tuple[list[crosslang.KbEntity], list[crosslang.XelMention]]:
   """The Wikipedia-derived set of the reference code (`wiki_<lang>.pkl`): a dict with
   `en_pages` (English title -> {"_id", "title", "article", "categories"}), `mentions[lang]`
   and `nil_mentions[lang]` (doc title -> {(sent_id, link_id): {"sent": {"start", "title"},
   "link": {"start", "end", "id_ll", "title_ll"}}}) and `l2_pages[lang]` (doc title ->
   {"article"}). A mention is article[sent.start + link.start : sent.start + link.end]; its
-  context here is the whole sentence-bearing article window around it."""
+  context here is the whole sentence-bearing article window around it.
+
+  Unpickling executes whatever code the file names (any function, with any arguments), so
+  the file is read only with trust_pickle=True (--trust_pickle): a pickle you made or whose
+  source you trust as you would a program's."""
+  if not trust_pickle:
+    raise UntrustedPickleError(
+        f"{path}: not read: loading a pickle executes code from the file. Give "
+        "--trust_pickle (trust_pickle=True) only for a file you trust as a program")
+  guards.plain_name(language, "language")
   with open(path, "rb") as f:
     data = pickle.load(f)
   for field in ("en_pages", "mentions", "l2_pages"):
@@ -60,7 +74,9 @@ def read_tac_kbp(gold_tab: os.PathLike | str, source_dir: os.PathLike | str,
   DOCID* files under source_dir, read as UTF-8 without their first XML declaration line.
   The language is the DOCID prefix before '_' (SPA, CMN, ENG). The KB itself (Freebase) is
   the user's: give it as kb.jsonl; with kb_ids, links outside it become crosslang.NIL as in the
-  reference code."""
+  reference code. A DOCID names a file and the language folder written: it must be a plain
+  name, and the file found for it must lie under source_dir (links followed), else the row
+  is an error naming its line."""
   source = pathlib.Path(source_dir)
   docs: dict[str, str] = {}
   out = []
@@ -78,7 +94,16 @@ def read_tac_kbp(gold_tab: os.PathLike | str, source_dir: os.PathLike | str,
                                f"{where!r} is not DOCID:start-end")
       doc_id, start, end = match.group(1), int(match.group(2)), int(match.group(3)) + 1
       if doc_id not in docs:
-        hits = sorted(source.rglob(f"{doc_id}*"))
+        try:
+          # Checked before the search: "../x" would look, and then write, outside.
+          guards.plain_name(doc_id, "DOCID")
+          guards.plain_name(doc_id.split("_", 1)[0].lower(), "language (DOCID prefix)")
+          # The DOCID is text to match, not a pattern: "*" or "[" in it match literally.
+          hits = sorted(source.rglob(glob.escape(doc_id) + "*"))
+          if hits:
+            guards.confined(source, hits[0].relative_to(source), what="document")
+        except guards.UnsafeNameError as e:
+          raise crosslang._error(gold_tab, number, "doc_id_offsets", str(e)) from None
         if not hits:
           raise crosslang._error(gold_tab, number, "doc_id_offsets",
                                  f"no document {doc_id}* under {source}")

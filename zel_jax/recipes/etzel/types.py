@@ -14,7 +14,7 @@ import pathlib
 import re
 from typing import Iterable, Iterator, Sequence
 
-from zel_jax.data import dictd, local_views, zeshel
+from zel_jax.data import dictd, guards, local_views, zeshel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +258,7 @@ def distant_labels(text: str, index: dict[str, int], title: str | None = None) -
 def types_path(data_dir: os.PathLike | str, world: str,
                types_dir: os.PathLike | str = "") -> pathlib.Path:
   """A world's extracted-types file: in `types_dir` when given, else DATA/types."""
+  guards.plain_name(world, "world")
   return pathlib.Path(types_dir or pathlib.Path(data_dir) / "types") / f"{world}.json"
 
 
