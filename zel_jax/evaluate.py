@@ -64,7 +64,11 @@ def summary(report: dict[str, Any]) -> str | None:
             f"{report['macro']['unnormalized_accuracy']:.2f}) over {report['mentions']} "
             "mentions")
   if "recall@1" in report and "store" in report:
-    micro = " ".join(f"R@{k}={report[f'recall@{k}']:.2f}" for k in (1, 16, 64))
+    # recall@k above the candidates retrieved is not measured (metrics.recall_report).
+    shown = [k for k in (1, 16, 64) if f"recall@{k}" in report]
+    micro = " ".join(f"R@{k}={report[f'recall@{k}']:.2f}" for k in shown)
+    if len(shown) < 3:
+      micro += f" (top {report.get('retrieved', '?')} retrieved: no recall@k above)"
     return f"{report['split']} {report['store']}: {micro} over {report['mentions']} mentions"
   return None
 

@@ -16,9 +16,10 @@ best entity, and the top k). The input is read and the output written chunk by c
 mentions/s. `--text="... [[mention]] ..."` links one sentence and prints the result.
 
 The world's entity store is built once per checkpoint and kept under W/stores/, so repeated
-calls load it instead of re-encoding the knowledge base. With --rerank, the top-k retrieved
-entities are scored by the cross-encoder and returned in its order; "score" is then the
-cross-encoder's and "retrieval_score" the bi-encoder's.
+calls load it instead of re-encoding the knowledge base; a store made by other parameters,
+encoder settings or entity texts (its fingerprint.json) is re-encoded, never reused. With
+--rerank, the top-k retrieved entities are scored by the cross-encoder and returned in its
+order; "score" is then the cross-encoder's and "retrieval_score" the bi-encoder's.
 
 EntQA end to end (`--end-to-end`, --workdir an EntQA reader): the input is whole documents,
 `--text="..."` or JSON lines {"text", "id"?, "topic"?}; the retriever finds each passage's

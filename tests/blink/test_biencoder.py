@@ -144,7 +144,7 @@ def test_recall_report_by_hand():
   ranks = np.array([0, 3, 100, 1, 0])
   report = metrics.recall_report(ranks, ["a", "a", "a", "b", "b"],
                                   ["HIGH_OVERLAP", "LOW_OVERLAP", "LOW_OVERLAP", None,
-                                   "HIGH_OVERLAP"], ks=(1, 2, 4, 64))
+                                   "HIGH_OVERLAP"], ks=(1, 2, 4, 64), retrieved=100)
   assert report["recall@1"] == 40.0 and report["recall@2"] == 60.0
   assert report["recall@4"] == 80.0 and report["recall@64"] == 80.0
   assert report["per_world"]["a"]["recall@4"] == round(200 / 3, 4)

@@ -11,16 +11,14 @@ import os
 import re
 from typing import Any, Protocol, Sequence
 
-from absl import logging
 import jax
 import numpy as np
 
-from zel_jax import index as index_lib
 from zel_jax.data import documents as documents_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import guards
 from zel_jax.data import zeshel
-from zel_jax.evals import export_io, inference, retrieval
+from zel_jax.evals import export_io, fingerprint, inference, retrieval
 from zel_jax.index.entity_kb import EntityKB
 
 
@@ -78,8 +76,10 @@ class Linker:
   def for_world(cls, retriever: LoadedRetriever, workdir: str, data: str | None, world: str,
                 store: str = "exact") -> "Linker":
     """One world of a ZESHEL-layout folder (data, default the config's). Its vectors are
-    cached as an exact store under W/stores/ (read back when it holds the world's entity
-    count); a ScaNN index is cached beside them, a device store built from them."""
+    cached as an exact store under W/stores/, read back only when its fingerprint (the
+    checkpoint's step and parameters, the encoder settings, the world's entities) is this
+    one's, else re-encoded (evals/fingerprint.py); a ScaNN index is cached beside them the
+    same way, a device store built from them."""
     config = retriever.config
     guards.plain_name(world, "world")
     dataset = zeshel.ZeshelDataset(data or config.data.dir)
@@ -87,18 +87,15 @@ class Linker:
       raise ValueError(f"unknown world {world!r}; worlds: {dataset.worlds()}")
     entities = list(dataset.iter_entities(world))
     views = retriever.views
-    suffix = "" if views == "global" else f".{views}"
-    path = retrieval.store_path(workdir, world, retriever.step, "exact" + suffix)
-    vectors = owners = None
-    if os.path.isdir(path):
-      cached = index_lib.load_store(path)
-      held = len(cached) if views == "global" else len(np.unique(cached.ids))
-      if held == len(entities):
-        vectors, owners = cached.table, (None if views == "global" else cached.ids)
-      else:
-        logging.warning("%s holds %d entities, the world %d: rebuilding", path, held,
-                        len(entities))
-    if vectors is None:
+    wanted = fingerprint.store_fingerprint(
+        retriever.step, fingerprint.params_digest(retriever.params), config, views,
+        [e.document_id for e in entities], [e.title for e in entities],
+        [e.text for e in entities])
+    path = retrieval.store_path(workdir, world, retriever.step, "exact", views)
+    cached = fingerprint.load_store(path, wanted)
+    if cached is not None:
+      vectors, owners = cached.table, (None if views == "global" else cached.ids)
+    else:
       table = examples_lib.world_entities(dataset, world, retriever.featurizer,
                                           config.data.entity_length)
       _, encode_entities = inference.encoders(retriever.model)
@@ -106,20 +103,16 @@ class Linker:
                                                  retriever.featurizer, table, config,
                                                  retriever.mesh, views)
       if jax.process_index() == 0:
-        retrieval.build_store("exact", vectors,
-                              ids=None if views == "global" else owners).save(path)
+        fingerprint.save_store(retrieval.build_store(
+            "exact", vectors, ids=None if views == "global" else owners), path, wanted)
     # A ScaNN index takes longer to train than to read: kept beside the exact vectors.
-    scann_path = retrieval.store_path(workdir, world, retriever.step, "scann" + suffix)
-    cached = None
-    if store == "scann" and os.path.isdir(scann_path):
-      cached = index_lib.load_store(scann_path)
-      if len(cached) != len(vectors):
-        cached = None
+    scann_path = retrieval.store_path(workdir, world, retriever.step, "scann", views)
+    cached = fingerprint.load_store(scann_path, wanted) if store == "scann" else None
     kb = EntityKB([e.document_id for e in entities], [e.title for e in entities],
                   [e.text for e in entities], vectors, owners, views, store, retriever.mesh,
                   store=cached)
     if store == "scann" and cached is None and jax.process_index() == 0:
-      kb.store.save(scann_path)
+      fingerprint.save_store(kb.store, scann_path, wanted)
     return cls(retriever, kb, world, dataset)
 
   @classmethod

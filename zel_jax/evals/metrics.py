@@ -13,7 +13,8 @@ KS = (1, 2, 4, 8, 16, 32, 50, 64, 100)
 
 
 def gold_ranks(candidate_rows: np.ndarray, gold_rows: np.ndarray) -> np.ndarray:
-  """0-based rank of each mention's gold among its candidates; K (= not found) if absent."""
+  """0-based rank of each mention's gold among its K candidates; K (= not found) if absent,
+  which recall_report counts as a hit at no k: it reports no k above K."""
   hit = candidate_rows == gold_rows[:, None]
   return np.where(hit.any(1), hit.argmax(1), candidate_rows.shape[1])
 
@@ -25,14 +26,20 @@ def _recalls(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
 
 
 def recall_report(ranks: np.ndarray, worlds: Sequence[str], categories: Sequence[str | None],
-                  ks: Sequence[int] = KS) -> dict[str, Any]:
+                  ks: Sequence[int] = KS, *, retrieved: int) -> dict[str, Any]:
   """Micro recall@k over all mentions, macro (the mean over worlds of each world's recall),
-  per world and per category; percentages. k above the number of candidates retrieved is
-  still reported: a gold outside the top-K is outside every top-k with k >= K."""
+  per world and per category; percentages.
+
+  retrieved: K, the candidates retrieved per mention (gold_ranks' K). recall@k is reported
+  for k <= K only: a gold missed in the top K may or may not be in a top k > K, so those
+  are not measured and their keys are absent everywhere (micro, macro, per world, per
+  category); the report's "retrieved" says K. Readers of a report must expect that."""
+  ks = [k for k in ks if k <= retrieved]
   ranks = np.asarray(ranks)
   worlds = np.asarray(worlds)
   categories = np.asarray([c or "NONE" for c in categories])
-  report: dict[str, Any] = {**_recalls(ranks, ks), "mentions": int(len(ranks))}
+  report: dict[str, Any] = {**_recalls(ranks, ks), "mentions": int(len(ranks)),
+                            "retrieved": int(retrieved)}
   per_world = {str(w): {**_recalls(ranks[worlds == w], ks),
                         "mentions": int((worlds == w).sum())} for w in sorted(set(worlds))}
   report["macro"] = {key: round(float(np.mean([v[key] for v in per_world.values()])), 4)

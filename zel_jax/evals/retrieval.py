@@ -15,6 +15,7 @@ import numpy as np
 from zel_jax import index as index_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import guards, local_views, zeshel
+from zel_jax.evals import fingerprint
 from zel_jax.evals.inference import embed_rows, encoders
 from zel_jax.evals.metrics import gold_ranks, recall_report
 from zel_jax.index import views as views_lib
@@ -24,10 +25,13 @@ from zel_jax.index.bm25 import BM25
 VIEWS = ("global", "local", "global+local")
 
 
-def store_path(workdir: str, world: str, step: Any, kind: str) -> str:
-  """Where a world's store for a checkpoint step is kept, shared by evaluate and link."""
+def store_path(workdir: str, world: str, step: Any, kind: str, views: str = "global") -> str:
+  """Where a world's store of a kind (exact, scann, device) for a checkpoint step is kept,
+  shared by evaluate and link; it holds its fingerprint (evals/fingerprint.py), which
+  decides whether it is reused."""
   guards.plain_name(world, "world")
-  return os.path.join(workdir, "stores", f"{world}.{step}.{kind}")
+  suffix = "" if views == "global" else f".{views}"
+  return os.path.join(workdir, "stores", f"{world}.{step}.{kind}{suffix}")
 
 
 def entity_vectors(encode_entities: Callable, params: Any, featurizer,
@@ -121,12 +125,13 @@ def _worlds_of(dataset: zeshel.ZeshelDataset, split: str, world: str | None) -> 
 def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset, split: str,
                        config, mesh, *, store: str = "exact", top_k: int = 100,
                        world: str | None = None, candidates_path: str | None = None,
-                       store_paths: Callable[[str], str] | None = None,
+                       save_stores: tuple[str, Any] | None = None,
                        views: str = "global", vector_cache: dict | None = None
                        ) -> dict[str, Any]:
   """Encodes each world's entities, retrieves top_k per mention from its own world's store,
-  and reports recall@k; writes the candidates when candidates_path is given, and each
-  world's store to store_paths(world) when given (zel_jax.link then loads it).
+  and reports recall@k (for k <= top_k: metrics.recall_report); writes the candidates when
+  candidates_path is given. save_stores (workdir, step): each world's store is saved at
+  store_path with its fingerprint, so that zel_jax.link reuses it.
 
   views: what the store holds for each entity: "global" (one vector of the whole entity
   input, BLINK), or MVD's "local" views (config.mvd's view length) or "global+local"; with
@@ -151,6 +156,8 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
   sizes = {}
   view_counts, store_bytes = {}, {}
   cache = {} if vector_cache is None else vector_cache
+  # Collective (sharded parameters): computed by every process, once for all worlds.
+  digest = fingerprint.params_digest(params) if save_stores is not None else None
   for w in worlds:
     n = len(entities[w].ids)
     if (w, views) not in cache:
@@ -160,8 +167,12 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
     sizes[w], view_counts[w] = n, len(owner)
     index = build_store(store, table, mesh, ids=None if views == "global" else owner)
     store_bytes[w] = int(index.size_bytes)
-    if store_paths is not None and (store == "device" or jax.process_index() == 0):
-      index.save(store_paths(w))  # A device store's save is collective.
+    if save_stores is not None and (store == "device" or jax.process_index() == 0):
+      workdir, step = save_stores
+      e = entities[w]
+      fingerprint.save_store(  # A device store's save is collective.
+          index, store_path(workdir, w, step, store, views),
+          fingerprint.store_fingerprint(step, digest, config, views, e.ids, e.titles, e.texts))
     sel = np.flatnonzero(mentions.worlds == w)
     if len(sel):
       kk = min(k, n)
@@ -169,7 +180,8 @@ def evaluate_biencoder(model, params, featurizer, dataset: zeshel.ZeshelDataset,
       all_rows[sel, :kk], all_scores[sel, :kk] = rows, scores
       all_rows[sel, kk:] = -1
   ranks = gold_ranks(all_rows, mentions.gold_rows)
-  report = recall_report(ranks, mentions.worlds, [m.category for m in mentions.mentions])
+  report = recall_report(ranks, mentions.worlds, [m.category for m in mentions.mentions],
+                         retrieved=k)
   report.update(split=split, store=store, entities=sizes, seconds=round(time.time() - t0, 1))
   if views != "global":
     report.update(views=views, vectors=view_counts, store_bytes=store_bytes,
@@ -215,7 +227,7 @@ def evaluate_bm25(dataset: zeshel.ZeshelDataset, split: str, *, top_k: int = 100
     rows_all.append(rows)
     scores_all.append(scores)
   ranks = np.concatenate(ranks_all) if ranks_all else np.zeros(0, np.int64)
-  report = recall_report(ranks, worlds_all, categories)
+  report = recall_report(ranks, worlds_all, categories, retrieved=top_k)
   report.update(split=split, store="bm25", context_words=context_words,
                 seconds=round(time.time() - t0, 1))
   if candidates_path and kept:

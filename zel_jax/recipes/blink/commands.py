@@ -49,11 +49,10 @@ def evaluate_retriever(workdir: str, config, request: EvalRequest,
     params, step = (restore or trainer.restore_params)(workdir, config, model, mesh)
   if views != default_views:
     suffix += "." + views.replace("+", "_")
-  kind = request.store if views == "global" else f"{request.store}.{views}"
   evaluator = evaluators.retrieval_evaluator(
       config, workdir, model, featurizer, mesh, dataset, splits=(split,), store=request.store,
       top_k=request.top_k, world=world, views=views, suffix=suffix,
-      store_paths=lambda w: retrieval.store_path(workdir, w, baseline or step, kind))
+      save_stores=(workdir, baseline or step))
   report = evaluator.evaluate_split(params, split)
   report["step"] = int(step)
   return report

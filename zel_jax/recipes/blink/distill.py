@@ -26,6 +26,7 @@ from zel_jax import losses, sharding, workdir_io
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import zeshel
 from zel_jax.evals import base as evals_base
+from zel_jax.evals import fingerprint
 from zel_jax.models import biencoder
 from zel_jax.recipes.blink import biencoder as bi_trainer
 from zel_jax.recipes.blink import crossencoder as cross_trainer
@@ -35,17 +36,28 @@ from zel_jax.training import loop
 TEACHER_SCORES = "teacher_scores.npz"
 
 
-def _fingerprint(mention_ids, rows: np.ndarray, teacher_step: int) -> str:
+def _fingerprint(mention_ids, rows: np.ndarray, teacher_step, teacher_params, teacher_config,
+                 data: cross_trainer.RerankSet) -> str:
+  """What the teacher's scores depend on: the mentions and candidate rows, the teacher's
+  checkpoint (its step and a digest of its parameters: another run may end at the same
+  step), its model settings, and the exact inputs it reads (the token ids of the mentions
+  and entities: their texts, the tokenizer and the input lengths)."""
   h = hashlib.sha256()
-  h.update(json.dumps([list(mention_ids), int(teacher_step)]).encode())
+  h.update(json.dumps([list(mention_ids), str(teacher_step),
+                       fingerprint.params_digest(teacher_params),
+                       teacher_config.model.to_dict()], sort_keys=True, default=str).encode())
   h.update(np.ascontiguousarray(rows, np.int64).tobytes())
+  for features in (data.mention_features, data.entity_features):
+    for name in sorted(features):
+      h.update(name.encode())
+      h.update(np.ascontiguousarray(features[name]).tobytes())
   return h.hexdigest()
 
 
 def teacher_scores(config, workdir: str, dataset: zeshel.ZeshelDataset, mention_ids,
                    rows: np.ndarray, mesh) -> np.ndarray:
   """The teacher's scores [M, K] of the training candidates `rows`, from the workdir's cache
-  when it was made for the same mentions, candidates and teacher checkpoint."""
+  when it was made for the same mentions, candidates, inputs and teacher (_fingerprint)."""
   teacher_dir = config.distill.teacher
   teacher_config = workdir_io.load_config(teacher_dir)
   if teacher_config.get("trainer") != "crossencoder":
@@ -53,15 +65,6 @@ def teacher_scores(config, workdir: str, dataset: zeshel.ZeshelDataset, mention_
                      f"(its trainer is {teacher_config.get('trainer')!r})")
   model, featurizer = cross_trainer.build_model(teacher_config, mesh)
   params, step = cross_trainer.restore_params(teacher_dir, teacher_config, model, mesh)
-  cache = os.path.join(workdir, TEACHER_SCORES)
-  key = _fingerprint(mention_ids, rows, step)
-  if os.path.exists(cache):
-    with np.load(cache) as saved:
-      if str(saved["fingerprint"]) == key:
-        logging.info("teacher scores from %s", cache)
-        return saved["scores"]
-    logging.warning("%s was made for other mentions, candidates or teacher; scoring again",
-                    cache)
   # The teacher reads the same candidates with its own input lengths.
   teacher_config.data.num_candidates = rows.shape[1]
   data = cross_trainer.rerank_set(
@@ -70,6 +73,15 @@ def teacher_scores(config, workdir: str, dataset: zeshel.ZeshelDataset, mention_
       int(config.data.max_train_mentions), config.seed)
   if [m.mention_id for m in data.mentions] != list(mention_ids):
     raise AssertionError("teacher and student read different training mentions")
+  cache = os.path.join(workdir, TEACHER_SCORES)
+  key = _fingerprint(mention_ids, rows, step, params, teacher_config, data)
+  if os.path.exists(cache):
+    with np.load(cache) as saved:
+      if str(saved["fingerprint"]) == key:
+        logging.info("teacher scores from %s", cache)
+        return saved["scores"]
+    logging.warning("%s was made for other mentions, candidates, entity or mention texts, "
+                    "or another teacher checkpoint; scoring again", cache)
   t0 = time.time()
   scores = cross_trainer.score_candidates(model, params, data.mention_features,
                                           data.entity_features, rows, teacher_config, mesh,

@@ -7,7 +7,7 @@ stage. The cross-encoder's evaluator (`rerank`) is crossencoder.rerank_evaluator
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 from zel_jax.data import zeshel
 from zel_jax.evals import retrieval
@@ -18,9 +18,10 @@ def retrieval_evaluator(config, workdir: str, model, featurizer, mesh,
                         dataset: zeshel.ZeshelDataset, *, splits=None, store: str | None = None,
                         top_k: int | None = None, world: str | None = None,
                         views: str = "global", suffix: str = "",
-                        store_paths: Callable[[str], str] | None = None) -> Evaluator:
-  """Recall on each split; candidates to W/candidates/<split><suffix>.jsonl. Each world's
-  entities are encoded once per set of parameters for all splits."""
+                        save_stores: tuple[str, Any] | None = None) -> Evaluator:
+  """Recall on each split; candidates to W/candidates/<split><suffix>.jsonl; with
+  save_stores (workdir, step), each world's store under W/stores/ for the linker. Each
+  world's entities are encoded once per set of parameters for all splits."""
   cache: dict[str, Any] = {"params": None, "vectors": {}}
 
   def evaluate_split(params, split):
@@ -29,7 +30,7 @@ def retrieval_evaluator(config, workdir: str, model, featurizer, mesh,
     return retrieval.evaluate_biencoder(
         model, params, featurizer, dataset, split, config, mesh,
         store=store or config.evals.store, top_k=top_k or config.evals.top_k, world=world,
-        views=views, vector_cache=cache["vectors"], store_paths=store_paths,
+        views=views, vector_cache=cache["vectors"], save_stores=save_stores,
         candidates_path=os.path.join(workdir, "candidates", f"{split}{suffix}.jsonl"))
 
   return Evaluator("retrieval", splits if splits is not None else config.evals.splits,

@@ -75,9 +75,11 @@ def candidates(config, data: XelData, features: Features, language: str, split: 
     raise ValueError(f"config.triage.source {config.triage.source!r} is not 'encoder' or "
                      "'file'")
   path = os.path.join(workdir, "candidates", language, f"{split}.jsonl")
-  key = features.key(str(crosslang.mentions_path(data.root, language, split))) + json.dumps(
-      [config.triage.k, config.triage.query_prefix, config.triage.passage_prefix,
-       config.triage.store])
+  # The cached rows index the KB: keyed by its file as well as the mentions' and settings.
+  key = (features.key(str(crosslang.mentions_path(data.root, language, split)))
+         + features.key(os.path.join(data.root, "kb.jsonl")) + json.dumps(
+             [config.triage.k, config.triage.query_prefix, config.triage.passage_prefix,
+              config.triage.store]))
   found = cached(features.directory, f"triage_{language}_{split}", key, lambda: _triage(
       config, data, features, mentions, f"{language} {split}"))
   rows, scores = found["rows"], found["scores"]
