@@ -37,6 +37,7 @@ class EvalRequest:
   calibrate: bool = False
   documents: str | None = None
   max_documents: int = -1
+  step: int | None = None   # The checkpoint to restore (None: the newest intact one).
 
 
 class Evaluator:
