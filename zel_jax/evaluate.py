@@ -2,7 +2,7 @@
 own world, micro and macro over worlds, per world and per ZESHEL category.
 
   python -m zel_jax.evaluate --workdir=W --data=DIR --split=test [--store=exact|scann|device]
-      [--world=NAME] [--baseline=bm25|untrained]
+      [--world=NAME] [--baseline=bm25|untrained] [--step=N]
 
 writes the top-k candidates of every mention (the cross-encoder's input) to
 W/candidates/<split>[.<world>][.<baseline>].jsonl and prints, as its last stdout line, one JSON
@@ -27,12 +27,13 @@ from zel_jax.evals.base import EvalRequest
 
 def run(workdir: str, data: str | None, split: str, store: str, world: str | None,
         baseline: str | None, top_k: int, bm25_context_words: int = 0,
-        candidates: str | None = None, views: str | None = None) -> dict[str, Any]:
+        candidates: str | None = None, views: str | None = None,
+        step: int | None = None) -> dict[str, Any]:
   """The command line's work as a function (notebooks, the quickstart, tests)."""
   return recipes.evaluate_workdir(workdir, EvalRequest(
       split=split, split_given=True, data=data, store=store, world=world, baseline=baseline,
       top_k=top_k, top_k_given=True, bm25_context_words=bm25_context_words,
-      candidates=candidates, views=views))
+      candidates=candidates, views=views, step=step))
 
 
 def run_end_to_end(workdir: str, data: str | None, split: str | None, *,
@@ -77,6 +78,8 @@ def define_flags() -> None:
   """Command-line flags, defined only when this module is the program (tests and notebooks
   import its functions)."""
   flags.DEFINE_string("workdir", None, "A bi-encoder or cross-encoder training workdir.")
+  flags.DEFINE_integer("step", None, "Restore this checkpoint step (default: the newest "
+                       "intact one); its config is read from it too.")
   flags.DEFINE_string("candidates", None,
                       "Cross-encoder workdirs: the bi-encoder workdir (or candidates file) "
                       "whose candidates to rerank; default the one it trained on.")
@@ -120,7 +123,7 @@ def main(argv):
       top_k_given=FLAGS["top_k"].present, bm25_context_words=FLAGS.bm25_context_words,
       candidates=FLAGS.candidates, views=FLAGS.views, end_to_end=FLAGS.end_to_end,
       input=FLAGS.input, threshold=FLAGS.threshold, calibrate=FLAGS.calibrate,
-      documents=FLAGS.documents, max_documents=FLAGS.max_documents))
+      documents=FLAGS.documents, max_documents=FLAGS.max_documents, step=FLAGS.step))
   line = summary(report)
   if line:
     logging.info("%s", line)

@@ -2,7 +2,7 @@
 second stage, a cross-encoder reranking the retrieved candidates).
 
   python -m zel_jax.link --workdir=W --data=DIR --world=NAME --input=mentions.jsonl \
-      --output=out.jsonl --top-k=16 [--rerank=W_CROSS]
+      --output=out.jsonl --top-k=16 [--rerank=W_CROSS] [--step=N]
   python -m zel_jax.link --export=DIR --input=docs.jsonl --output=links.jsonl
 
 Each input line is a mention or a text. A mention is a ZESHEL mention record
@@ -80,6 +80,8 @@ def _chunks(records: Iterator[tuple[int, Any]], size: int) -> Iterator[list[tupl
 def define_flags() -> None:
   """Command-line flags, defined only when this module is the program."""
   flags.DEFINE_string("workdir", None, "A retriever's training workdir (any recipe's).")
+  flags.DEFINE_integer("step", None, "--workdir: restore this checkpoint step (default: the "
+                       "newest intact one).")
   flags.DEFINE_string("export", None, "An export folder (python -m zel_jax.export) instead "
                       "of --workdir/--data/--world.")
   flags.DEFINE_string("data", None, "ZESHEL-layout directory (default: the config's).")
@@ -115,13 +117,15 @@ def main(argv):
     return
   if bool(FLAGS.export) == bool(FLAGS.workdir):
     raise app.UsageError("give exactly one of --export and --workdir")
+  if FLAGS.export and FLAGS.step is not None:
+    raise app.UsageError("--step picks a checkpoint of --workdir; an export holds one")
   if FLAGS.export:
     linker = linking.Linker.from_pretrained(FLAGS.export, FLAGS.store)
   else:
     if not FLAGS.world:
       raise app.UsageError("--workdir needs --world (the world whose entities to link to)")
     linker = recipes.open_linker(FLAGS.workdir, FLAGS.data, FLAGS.world,
-                                 FLAGS.store or "exact")
+                                 FLAGS.store or "exact", step=FLAGS.step)
   reranker = recipes.open_reranker(FLAGS.rerank) if FLAGS.rerank else None
   if FLAGS.text:
     spans = linker.link([FLAGS.text], FLAGS.top_k, reranker, FLAGS.threshold)[0]["spans"]
@@ -190,7 +194,7 @@ def _renumbered(message: str, part: list[tuple[int, Any]]) -> str:
 def _main_end_to_end() -> None:
   if not FLAGS.workdir or not FLAGS.world:
     raise app.UsageError("--end_to_end needs --workdir (an EntQA reader) and --world")
-  e2e = recipes.open_document_linker(FLAGS.workdir, FLAGS.data)
+  e2e = recipes.open_document_linker(FLAGS.workdir, FLAGS.data, step=FLAGS.step)
   records = _read_jsonl(FLAGS.input) if FLAGS.input else [{"text": FLAGS.text}]
   linked, timing = linking.link_documents(e2e, records, FLAGS.world, FLAGS.threshold,
                                           FLAGS.top_k)

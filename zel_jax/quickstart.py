@@ -18,7 +18,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from zel_jax import metric_writer, recipes, sharding, workdir_io
+from zel_jax import metric_writer, recipes, sharding
+from zel_jax.training import checks
 from zel_jax.configs import blink_biencoder, blink_crossencoder
 from zel_jax.data import foldoc
 from zel_jax.evals import linking
@@ -63,7 +64,7 @@ def run(workdir: str, data: str, steps: int = 0, stage2: bool = False,
     config.num_train_steps = steps
   config.evals.splits = ()  # Evaluated below, next to the baselines.
   workdir = os.path.abspath(workdir)
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   store = candidate_store()
 
   rows = {}

@@ -14,7 +14,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from zel_jax import configs, metric_writer, recipes, sharding, workdir_io
+from zel_jax import checkpoint, configs, metric_writer, recipes, sharding, workdir_io
+from zel_jax.training import checks
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/blink_biencoder.py:runlocal.",
@@ -65,12 +66,18 @@ def main(argv):
   config = _CONFIG.value
   recipe = recipes.for_config(config)
   recipe.stage(config)  # An unknown stage fails before anything is written.
+  checks.validate(config)  # So does a value that cannot run (config.keep_checkpoints=0).
   if "batch_size" in config:
     logging.info("global batch %d: %.4g per device, %.4g per process", config.batch_size,
                  config.batch_size / jax.device_count(),
                  config.batch_size / jax.process_count())
   workdir_io.check_workdir(_WORKDIR.value)
-  recipe.train(config, _WORKDIR.value)
+  try:
+    recipe.train(config, _WORKDIR.value)
+  except checkpoint.SaveFailed:
+    # Logged where it happened, one line naming the step and the path; a traceback of
+    # Orbax's background threads would only bury it.
+    raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from zel_jax import checkpoint as checkpoint_lib
+
 CONFIG_FILE = "config.json"
 
 
 def save_config(config, workdir: str) -> None:
+  """W/config.json, atomically. Training writes it through training.checks.prepare_workdir,
+  which validates the config and refuses one the workdir's checkpoints do not match first."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
@@ -26,13 +30,51 @@ def save_config(config, workdir: str) -> None:
     os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
 
 
+def as_json_dict(config) -> dict[str, Any]:
+  """The config as config.json holds it (tuples as lists), e.g. for a checkpoint's meta."""
+  return json.loads(config.to_json_best_effort())
+
+
+# What defines the model a checkpoint's parameters are: evaluation takes these from the
+# checkpoint's own config. Of config.model, only compute, memory and dropout settings may
+# change when a run resumes (training.checks refuses any other change).
+MODEL_FIELDS = ("recipe", "trainer", "model")
+RESUMABLE_MODEL_FIELDS = ("dtype", "remat", "hidden_dropout", "attention_dropout")
+
+
+def checkpoint_config(workdir: str) -> dict[str, Any] | None:
+  """The config the checkpoint a restore takes (checkpoint.Checkpointer.restore: the pinned
+  step, else the newest intact one) was trained with: from its metadata, or config.json for
+  checkpoints saved before configs went into it. None when the workdir has no checkpoint."""
+  found = checkpoint_lib.checkpoint_config(os.path.join(workdir, "checkpoints"))
+  if found is None:
+    return None
+  return found[1] if found[1] is not None else _read_config_file(workdir)
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """A workdir's config for evaluation and linking: W/config.json, with the model (recipe,
+  trainer, model) of the checkpoint they restore (checkpoint_config), so that a config.json
+  rewritten since, or edited by hand, cannot build another model for these parameters.
+  Paths and evaluation settings stay config.json's, to be edited when a workdir moves."""
+  trained = checkpoint_config(workdir)
+  path = os.path.join(workdir, CONFIG_FILE)
+  if trained is not None and not os.path.exists(path):
+    config = trained
+  else:
+    config = _read_config_file(workdir)
+    if trained is not None:
+      config.update({k: trained[k] for k in MODEL_FIELDS if k in trained})
+  # JSON turns tuples into lists; the mesh and rules are read as sequences either way.
+  return ml_collections.ConfigDict(config)
+
+
+def _read_config_file(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: not found; is {workdir!r} a zel_jax training workdir?")
   with open(path) as f:
-    # JSON turns tuples into lists; the mesh and rules are read as sequences either way.
-    return ml_collections.ConfigDict(json.load(f))
+    return json.load(f)
 
 
 def check_workdir(workdir: str, wait_s: float = 10.0) -> None:

@@ -26,7 +26,8 @@ import sys
 import time
 from typing import Any
 
-from zel_jax import configs, workdir_io
+from zel_jax import configs
+from zel_jax.training import checks
 from zel_jax.data import zeshel
 from zel_jax.evals import retrieval
 
@@ -293,7 +294,7 @@ def write_config(job: Job, workdir: str, data_dir: str):
     for parent in parents:
       node = node[parent]
     node[leaf] = value
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   return config
 
 

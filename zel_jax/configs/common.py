@@ -52,14 +52,17 @@ LOGICAL_RULES = (
 
 
 def mesh_and_sharding(config, mesh=(("data", -1), ("fsdp", 1))):
-  """Sets config.mesh (axis name, size; -1 takes the remaining devices) and the rules."""
-  config.mesh = [tuple(axis) for axis in mesh]
+  """Sets config.mesh (axis name, size; -1 takes the remaining devices) and the rules.
+
+  Tuples, not lists: ml_collections overrides tuple fields from the command line
+  (--config.mesh="(('data',-1),('fsdp',2))") and refuses list fields."""
+  config.mesh = tuple(tuple(axis) for axis in mesh)
   config.sharding = ml_collections.ConfigDict()
   config.sharding.batch_axes = ("data", "fsdp")
-  config.sharding.logical_rules = [tuple(rule) for rule in LOGICAL_RULES]
+  config.sharding.logical_rules = tuple(tuple(rule) for rule in LOGICAL_RULES)
   # (regex over parameter paths such as "mention/layer_3/intermediate/kernel", spec per dim);
   # checked before the logical rules.
-  config.sharding.param_rules = []
+  config.sharding.param_rules = ()
   return config
 
 

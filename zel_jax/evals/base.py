@@ -38,6 +38,7 @@ class EvalRequest:
   calibrate: bool = False
   documents: str | None = None
   max_documents: int = -1
+  step: int | None = None   # The checkpoint to restore (None: the newest intact one).
 
   def __post_init__(self):
     # Both become file names (mentions/<split>.json, candidates/<split>.<world>.jsonl):

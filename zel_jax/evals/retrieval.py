@@ -73,6 +73,10 @@ def search_entities(index, queries: np.ndarray, k: int, views: str, num_entities
   return views_lib.search_entities(index, queries, k, num_entities=num_entities)
 
 
+# Candidate stores a config or a flag may name: "exact" is zel_jax.index's "numpy" store.
+STORES = ("exact", "scann", "device", "numpy")
+
+
 def build_store(kind: str, embeddings: np.ndarray, mesh=None, ids: np.ndarray | None = None):
   """A candidate store over one world's entity embeddings (ids: row numbers by default; the
   entity row of each view for a store of views)."""

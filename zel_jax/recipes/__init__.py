@@ -11,7 +11,7 @@ import importlib
 import os
 from typing import Any
 
-from zel_jax import workdir_io
+from zel_jax import checkpoint, workdir_io
 from zel_jax.evals import linking
 from zel_jax.evals.base import EvalRequest
 from zel_jax.recipes.base import Recipe
@@ -64,21 +64,31 @@ def for_workdir(workdir: str) -> tuple[Recipe, object]:
 
 
 def evaluate_workdir(workdir: str, request: EvalRequest) -> dict[str, Any]:
-  """`python -m zel_jax.evaluate`'s work: a workdir evaluated by its recipe."""
-  recipe, config = for_workdir(workdir)
-  if request.end_to_end:
-    _documents_hook(recipe, config, workdir)
-  return recipe.evaluate(workdir, config, request)
+  """`python -m zel_jax.evaluate`'s work: a workdir evaluated by its recipe, at
+  request.step's checkpoint when given (its config too)."""
+  with pinned(workdir, request.step):
+    recipe, config = for_workdir(workdir)
+    if request.end_to_end:
+      _documents_hook(recipe, config, workdir)
+    return recipe.evaluate(workdir, config, request)
+
+
+def pinned(workdir: str, step: int | None):
+  """Within it, the workdir's config and parameters are those of checkpoint `step` (None:
+  the newest intact one), wherever the recipe reads them."""
+  return checkpoint.pinned_step(os.path.join(workdir, "checkpoints"), step)
 
 
 def open_linker(workdir: str, data: str | None, world: str, store: str = "exact",
-                untrained: bool = False) -> linking.Linker:
+                untrained: bool = False, step: int | None = None) -> linking.Linker:
   """A retriever workdir (any recipe with a retriever) and one world's entity store, ready
-  to link mentions; untrained: the encoder before training (the baseline)."""
-  recipe, config = for_workdir(workdir)
-  load = recipe.hook("retriever", "retrieve entities: link needs a retriever's workdir")
-  return linking.Linker.for_world(load(workdir, config, untrained), workdir, data, world,
-                                  store)
+  to link mentions; untrained: the encoder before training (the baseline); step: that
+  checkpoint (default the newest intact one)."""
+  with pinned(workdir, step):
+    recipe, config = for_workdir(workdir)
+    load = recipe.hook("retriever", "retrieve entities: link needs a retriever's workdir")
+    return linking.Linker.for_world(load(workdir, config, untrained), workdir, data, world,
+                                    store)
 
 
 def documents_exporter(workdir: str):
@@ -98,10 +108,12 @@ def open_reranker(workdir: str) -> linking.PairScorer:
                      "workdir")(workdir, config)
 
 
-def open_document_linker(workdir: str, data: str | None = None) -> linking.DocumentLinker:
+def open_document_linker(workdir: str, data: str | None = None,
+                         step: int | None = None) -> linking.DocumentLinker:
   """A workdir that links whole documents (EntQA's reader) for `--end_to_end`."""
-  recipe, config = for_workdir(workdir)
-  return _documents_hook(recipe, config, workdir)(workdir, data)
+  with pinned(workdir, step):
+    recipe, config = for_workdir(workdir)
+    return _documents_hook(recipe, config, workdir)(workdir, data)
 
 
 def _documents_hook(recipe: Recipe, config, workdir: str):

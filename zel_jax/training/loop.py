@@ -25,9 +25,10 @@ import optax
 from tqdm import tqdm
 
 from zel_jax import checkpoint as checkpoint_lib
-from zel_jax import metric_writer, optim, sharding
+from zel_jax import metric_writer, optim, sharding, workdir_io
 from zel_jax.data import pipeline
 from zel_jax.evals import base as evals_base
+from zel_jax.training import checks
 from zel_jax.training import params as params_lib
 
 @dataclasses.dataclass
@@ -164,6 +165,7 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
   evaluator and config.evals.every > 0, evaluates every that many steps before the last
   (its numbers go to the metric writer as "<split>/<metric>"); the evaluation after the last
   step is the recipe's."""
+  checks.validate(config)  # Before anything is written (recipes call prepare_workdir too).
   eval_every = int(config.evals.get("every", 0)) if "evals" in config else 0
   batches = pipeline.BatchIterator(recipe.features, config.batch_size, seed=config.seed,
                                    groups=recipe.groups)
@@ -209,7 +211,10 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
       out_shardings=(p_shardings, o_shardings, replicated),
       donate_argnums=(0, 1))
 
-  writer = metric_writer.MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir, resume_step=step)
+  # Each checkpoint carries the config it was trained with: evaluate and link build the
+  # model of the step they restore from it, whatever a later start wrote to config.json.
+  trained_with = workdir_io.as_json_dict(config)
   best = BestKeeper(workdir, config)
   progress = _Progress(steps, step)
   started, first_step = time.time(), step
@@ -235,8 +240,9 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
         progress.update(0, loss=f"{last['loss']:.4f}")
         _log_line(step, steps, last, started, first_step)
       progress.update(1)
+      ckpt.check()  # A save that failed in the background stops the run here, named.
       if at_save or preempted:
-        meta = {"pipeline": batches.state()}
+        meta = {"pipeline": batches.state(), "config": trained_with}
         if recipe.checkpoint_meta is not None:
           meta.update(recipe.checkpoint_meta())
         ckpt.save(step, {"params": params, "opt_state": opt_state}, meta=meta, force=True)
@@ -251,8 +257,8 @@ def run(config, workdir: str, recipe: TrainSpec, mesh,
   finally:
     progress.close()
     writer.close()
-    ckpt.close()
     best.close()
+    ckpt.close()  # Last: it raises SaveFailed when the final save did not reach the disk.
   return Outcome(params, step, last, preempted=False)
 
 

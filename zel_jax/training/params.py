@@ -31,7 +31,8 @@ def abstract_sharded_params(abstract, shardings):
 
 
 def restore_params(workdir: str, abstract, shardings, step: int | None = None):
-  """The parameters of a workdir's latest (or given) checkpoint, in `shardings`."""
+  """The parameters of a workdir's newest intact (or given, or pinned: evaluate --step)
+  checkpoint, in `shardings`; checkpoint.Checkpointer.restore verifies and falls back."""
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     if ckpt.latest_step() is None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import losses, sharding, workdir_io
+from zel_jax import losses, sharding
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
@@ -27,7 +27,7 @@ from zel_jax.evals import inference
 from zel_jax.index.numpy_store import NumpyStore
 from zel_jax.models import biencoder, pretrained
 from zel_jax.recipes.blink import evaluators
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 from zel_jax.training import params as params_lib
 
 # ------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if config.loss not in ("in_batch", "hard_negatives"):
     raise ValueError(f"config.loss {config.loss!r} is not 'in_batch' or 'hard_negatives'")
   evals_base.check_type(config, ("retrieval",), "blink", "retrieval")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s; %d processes", dict(mesh.shape), jax.process_count())
   model, featurizer = build_model(config, mesh)

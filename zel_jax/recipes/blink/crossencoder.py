@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import losses, sharding, workdir_io
+from zel_jax import losses, sharding
 from zel_jax.data import candidates as candidates_lib
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import features as features_lib
@@ -27,7 +27,7 @@ from zel_jax.data import zeshel
 from zel_jax.evals import base as evals_base
 from zel_jax.evals import inference, metrics, retrieval
 from zel_jax.models import bert, crossencoder, pretrained
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 from zel_jax.training import params as params_lib
 
 
@@ -244,7 +244,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                      "(--config.data.candidates=W_BI) whose evaluation wrote "
                      "candidates/<split>.jsonl")
   evals_base.check_type(config, ("rerank",), "blink", "rerank")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = build_model(config, mesh)
   dataset = zeshel.ZeshelDataset(config.data.dir)

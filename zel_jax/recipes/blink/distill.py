@@ -31,7 +31,7 @@ from zel_jax.models import biencoder
 from zel_jax.recipes.blink import biencoder as bi_trainer
 from zel_jax.recipes.blink import crossencoder as cross_trainer
 from zel_jax.recipes.blink import evaluators
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 
 TEACHER_SCORES = "teacher_scores.npz"
 
@@ -125,7 +125,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if not config[section][name]:
       raise ValueError(f"config.{field} is empty: pass --config.{field}={hint}")
   evals_base.check_type(config, ("retrieval",), "blink", "retrieval")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = bi_trainer.build_model(config, mesh)
   dataset = zeshel.ZeshelDataset(config.data.dir)

@@ -12,12 +12,12 @@ from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import losses, sharding, workdir_io
+from zel_jax import losses, sharding
 from zel_jax.data import zeshel
 from zel_jax.evals import base as evals_base
 from zel_jax.recipes.entqa import end_to_end, reader
 from zel_jax.recipes.entqa import model as entqa
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 
 
 def make_loss_fn(model: entqa.Reader, passage_length: int):
@@ -37,7 +37,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     raise ValueError("config.data.dir is empty: pass --config.data.dir=A_ZESHEL_DIRECTORY")
   rconfig = reader.retriever_config(config)
   evals_base.check_type(config, ("end_to_end",), "entqa", "end_to_end")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = reader.build_model(config, mesh)
   dataset = zeshel.ZeshelDataset(config.data.dir)

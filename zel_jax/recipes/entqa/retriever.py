@@ -24,14 +24,14 @@ from absl import logging
 import jax
 import numpy as np
 
-from zel_jax import losses, sharding, workdir_io
+from zel_jax import losses, sharding
 from zel_jax.data import examples as examples_lib
 from zel_jax.data import zeshel
 from zel_jax.evals import base as evals_base
 from zel_jax.models import biencoder
 from zel_jax.recipes.blink import biencoder as biencoder_trainer
 from zel_jax.recipes.entqa import passage_retrieval
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 
 
 # The model is BLINK's bi-encoder: passages take the mention tower.
@@ -123,7 +123,7 @@ def _check_config(config) -> None:
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   _check_config(config)
   evals_base.check_type(config, ("passages",), "entqa", "passages")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s; %d processes", dict(mesh.shape), jax.process_count())
   model, featurizer = build_model(config, mesh)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import losses, sharding, workdir_io
+from zel_jax import losses, sharding
 from zel_jax.data import zeshel
 from zel_jax.evals import base as evals_base
 from zel_jax.models import biencoder, pretrained
@@ -26,7 +26,7 @@ from zel_jax.recipes.blink import biencoder as biencoder_trainer
 from zel_jax.recipes.blink import evaluators
 from zel_jax.recipes.etzel import types as typing_data
 from zel_jax.recipes.etzel import typing_model
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 
 
 def build_model(config, mesh):
@@ -120,7 +120,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if not config.data.dir:
     raise ValueError("config.data.dir is empty: pass --config.data.dir=A_ZESHEL_DIRECTORY")
   evals_base.check_type(config, ("retrieval",), "etzel", "retrieval")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer = build_model(config, mesh)
   dataset = zeshel.ZeshelDataset(config.data.dir)

@@ -25,7 +25,7 @@ from zel_jax.evals import inference, metrics
 from zel_jax.models import bert, pretrained
 from zel_jax.recipes.etzel import types as typing_data
 from zel_jax.recipes.etzel import typing_model
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 from zel_jax.training import params as params_lib
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
@@ -334,7 +334,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if "type_embeddings" not in tuple(config.optimizer.frozen):
     raise ValueError("config.optimizer.frozen must hold 'type_embeddings' (V is fixed)")
   evals_base.check_type(config, ("typing",), "etzel", "typing")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   model, featurizer, vocabulary = build_model(config, mesh)
   dataset = zeshel.ZeshelDataset(config.data.dir)

@@ -45,7 +45,7 @@ from zel_jax.recipes.blink import biencoder as bi_trainer
 from zel_jax.recipes.blink import crossencoder as cross_trainer
 from zel_jax.recipes.mvd import data as data_lib
 from zel_jax.recipes.mvd import evaluators, multiview
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 from zel_jax.training import params as params_lib
 
 
@@ -151,7 +151,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if stage == "joint":  # Checked before the workdir is touched.
     _require(config, "mvd.retriever", "mvd.teacher")
     _check_teacher_encoder(config, data_lib.teacher_config(config))
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   dataset = zeshel.ZeshelDataset(config.data.dir)
   run = {"retriever": _retriever, "teacher": _teacher, "joint": _joint}[stage]

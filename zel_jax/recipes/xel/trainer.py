@@ -43,7 +43,7 @@ from zel_jax.recipes.xel import model as xel_model
 from zel_jax.recipes.xel import nil
 from zel_jax.recipes.xel.data import XelData
 from zel_jax.recipes.xel.features import Features, cached, pair_similarity
-from zel_jax.training import loop
+from zel_jax.training import checks, loop
 from zel_jax.training import params as params_lib
 
 THRESHOLDS_FILE = "nil_thresholds.json"
@@ -375,7 +375,7 @@ def abstract_params(model: xel_model.XelRanker, hidden: int):
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   evals_base.check_type(config, ("xel",), "xel", "xel")
-  workdir_io.save_config(config, workdir)
+  checks.prepare_workdir(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   t0 = time.time()
   data = XelData(config)
