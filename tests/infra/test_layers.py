@@ -2,7 +2,8 @@
 layers, with no cycle, counting imports made inside functions and under TYPE_CHECKING; an
 import inside a function is kept only for an optional or heavy dependency, with its reason.
 
-  L0 infrastructure  sharding, checkpoint, optim, losses, metric_writer, workdir_io, configs
+  L0 infrastructure  sharding, checkpoint, checksums, optim, losses, metric_writer, workdir_io,
+                     configs
   L1 shared pieces   models, data, index
   L2 libraries       evals (metrics, inference, retrieval, linking), training (loop, params)
   L3 recipes         recipes.<name> (each imports itself, recipes.base and BLINK only)
@@ -17,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "zel_jax"
 ENTRY_POINTS = {"train", "evaluate", "link", "encode", "quickstart", "bench", "weights",
                 "export"}
 LAYERS = {"sharding": 0, "checkpoint": 0, "optim": 0, "losses": 0, "metric_writer": 0,
-          "workdir_io": 0, "configs": 0, "models": 1, "data": 1, "index": 1, "evals": 2,
+          "workdir_io": 0, "checksums": 0, "configs": 0, "models": 1, "data": 1, "index": 1, "evals": 2,
           "training": 2, "recipes": 3, **{name: 4 for name in ENTRY_POINTS}}
 
 
