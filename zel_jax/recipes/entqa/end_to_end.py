@@ -36,6 +36,18 @@ def workdir_threshold(workdir: str, config) -> float:
   return float(config.reader.threshold)
 
 
+def read_and_merge(model, params, rset: reader.ReaderSet, config, rconfig, mesh, fn,
+                   floor: float) -> list[tuple]:
+  """The reader's answers for each passage's candidates, merged across overlapping passages
+  (one entity per span when the config says so), those scoring above `floor`."""
+  answers = reader.read(model, params, rset, config, rconfig, mesh,
+                        top_p=int(config.reader.top_p),
+                        max_span=int(config.reader.max_span_tokens),
+                        nested=bool(config.reader.nested), fn=fn)
+  return [a for a in entqa.merge_predictions(
+      answers, one_entity_per_span=bool(config.reader.one_entity_per_span)) if a[4] > floor]
+
+
 class EndToEnd:
   """A trained reader and its retriever, ready to link raw documents (evaluate and link)."""
 
@@ -98,14 +110,8 @@ class EndToEnd:
                                           encoders=self.encoders)
     t1 = time.time()
     # Entity rows are the same in both tables (same worlds, same file order).
-    rset = reader.ReaderSet(pset, table, rows)
-    answers = reader.read(self.model, self.params, rset, self.config, self.rconfig, self.mesh,
-                   top_p=int(self.config.reader.top_p),
-                   max_span=int(self.config.reader.max_span_tokens),
-                   nested=bool(self.config.reader.nested), fn=self.read_fn)
-    merged = [a for a in entqa.merge_predictions(
-        answers, one_entity_per_span=bool(self.config.reader.one_entity_per_span))
-              if a[4] > floor]
+    merged = read_and_merge(self.model, self.params, reader.ReaderSet(pset, table, rows),
+                            self.config, self.rconfig, self.mesh, self.read_fn, floor)
     t2 = time.time()
     timing = {"documents": len(docs), "passages": len(pset), "candidates_per_passage": k,
               "retrieve_seconds": round(t1 - t0, 1), "read_seconds": round(t2 - t1, 1),

@@ -142,14 +142,9 @@ class ExportedReader:
     _, rows = linker.kb.search(emb, k)
     rows = np.asarray(rows, np.int64)
     t1 = time.time()
-    answers = reader.read(self.model, self.params, reader.ReaderSet(pset, table, rows),
-                          self.config, rconfig, linker.mesh,
-                          top_p=int(self.config.reader.top_p),
-                          max_span=int(self.config.reader.max_span_tokens),
-                          nested=bool(self.config.reader.nested), fn=self.read_fn)
-    merged = [a for a in entqa.merge_predictions(
-        answers, one_entity_per_span=bool(self.config.reader.one_entity_per_span))
-              if a[4] > floor]
+    merged = end_to_end.read_and_merge(self.model, self.params,
+                                       reader.ReaderSet(pset, table, rows), self.config,
+                                       rconfig, linker.mesh, self.read_fn, floor)
     t2 = time.time()
     return merged, {"documents": len(docs), "passages": len(pset),
                     "candidates_per_passage": rows.shape[1],
