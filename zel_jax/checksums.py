@@ -22,7 +22,8 @@ def _step_files(step_dir: str) -> list[str]:
   return sorted(f for f in out if not f.startswith(CHECKSUMS))
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+  """The SHA-256 of a file's bytes, read in 4 MiB blocks."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 22), b""):
@@ -33,7 +34,7 @@ def _sha256(path: str) -> str:
 def write_checksums(step_dir: str) -> None:
   """CHECKSUMS in `step_dir`: the size and SHA-256 of every file there, atomically."""
   files = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
-                 _sha256(os.path.join(step_dir, rel))] for rel in _step_files(step_dir)}
+                 file_sha256(os.path.join(step_dir, rel))] for rel in _step_files(step_dir)}
   tmp = os.path.join(step_dir, CHECKSUMS + ".tmp")
   with open(tmp, "w") as f:
     json.dump({"sha256": files}, f)
@@ -66,7 +67,7 @@ def verify_checksums(step_dir: str) -> str | None:
       return f"{rel} is missing"
     if os.path.getsize(file) != size:
       return f"{rel} holds {os.path.getsize(file)} bytes where {size} were saved"
-    if _sha256(file) != digest:
+    if file_sha256(file) != digest:
       return f"{rel} differs from what was saved (SHA-256 mismatch)"
   _VERIFIED.add(key)
   return None

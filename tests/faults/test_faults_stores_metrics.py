@@ -256,6 +256,61 @@ def test_xel_triage_candidates_are_recomputed_for_another_kb(tmp_path, monkeypat
   assert found == said  # Rows of the new KB, not the cached rows of the old one.
 
 
+def test_xel_feature_caches_follow_the_bytes_and_the_pairs_sampled(tmp_path, monkeypatch):
+  # The XEL encoder-feature cache (config.features_dir, shareable between runs) is keyed by
+  # what the features were computed from: a KB replaced by one of the same size and mtime
+  # (cp -p, rsync -t) and another seed's sample of the translated pairs must not reuse it.
+  import os  # pylint: disable=g-import-not-at-top
+  from zel_jax.configs import xel as xel_config  # pylint: disable=g-import-not-at-top
+  from zel_jax.data import crosslang  # pylint: disable=g-import-not-at-top
+  from zel_jax.recipes.xel import data as xel_data  # pylint: disable=g-import-not-at-top
+  from zel_jax.recipes.xel import features as xel_features  # pylint: disable=g-import-not-at-top
+
+  def embed(texts):  # A stand-in encoder: one number per text, from its characters.
+    return np.array([[float(sum(map(ord, t)) % 9973)] for t in texts], np.float32)
+
+  class FakeEncoder:
+    def __init__(self, config, mesh):
+      del config, mesh
+    def names(self, names, desc=""):
+      return embed(names)
+    def texts(self, texts, max_tokens, desc=""):
+      return embed(texts)
+    def mentions(self, mentions, desc=""):
+      return {"name": embed([m.text for m in mentions]),
+              "context": embed([m.context for m in mentions])}
+
+  monkeypatch.setattr(xel_features, "Encoder", FakeEncoder)
+  root = tmp_path / "xel"
+  kb = root / "kb.jsonl"
+  crosslang.write_jsonl(crosslang.mentions_path(root, "de", "train"), (
+      {"id": f"m{i}", "language": "de", "context": f"in {n} heute", "start": 3,
+       "end": 3 + len(n), "label": "Q0"} for i, n in enumerate(["Berlin", "Madrid"])))
+  crosslang.write_jsonl(root / "pairs" / "de.jsonl", (
+      {"source": f"Stadt {i}", "english": f"city {i}"} for i in range(8)))
+  config = xel_config.get_config("runlocal")
+  config.data.dir, config.features_dir = str(root), str(tmp_path / "features")
+  config.aux.weight, config.aux.max_pairs = 0.5, 3
+
+  def features_for(names, seed):
+    crosslang.write_jsonl(kb, ({"id": f"Q{i}", "name": n, "description": f"the city of {n}",
+                                "types": ["city"]} for i, n in enumerate(names)))
+    os.utime(kb, ns=(1_000_000_000, 1_000_000_000))  # The same mtime every time.
+    config.seed = seed
+    data = xel_data.XelData(config)
+    return data, xel_features.Features(config, data, str(tmp_path / "w"), mesh=None)
+
+  data, features = features_for(["Berlin", "Madrid"], seed=0)
+  np.testing.assert_array_equal(features.kb["name"], embed(["Berlin", "Madrid"]))
+  # Same size, same mtime, other bytes: the names swapped.
+  data, features = features_for(["Madrid", "Berlin"], seed=0)
+  np.testing.assert_array_equal(features.kb["name"], embed(["Madrid", "Berlin"]))
+  # Another seed samples 3 other pairs of the 8.
+  other, features = features_for(["Madrid", "Berlin"], seed=1)
+  assert other.pairs != data.pairs and len(other.pairs) == len(data.pairs)
+  np.testing.assert_array_equal(features.pairs["source"], embed([s for s, _ in other.pairs]))
+
+
 # -- a wrong metric -------------------------------------------------------------------------
 
 

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zel_jax import sharding
+from zel_jax import checksums, sharding
 from zel_jax.data import crosslang
-from zel_jax.evals import inference
+from zel_jax.evals import fingerprint, inference
 from zel_jax.models import bert, bert_io
 from zel_jax.recipes.xel.data import XelData
 
@@ -159,8 +159,9 @@ def cached(directory: str, name: str, key: str, compute) -> dict[str, np.ndarray
 
 
 def _file_key(path: str) -> str:
-  st = os.stat(path)
-  return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+  # The bytes, not size and mtime: a KB copied in with its old timestamp (cp -p, rsync -t)
+  # or edited within one clock tick must not reuse the features of the file it replaced.
+  return "sha256:" + checksums.file_sha256(path)
 
 
 def entity_texts(config, kb: Sequence[crosslang.KbEntity]) -> list[str]:
@@ -198,7 +199,9 @@ class Features:
     self.pairs = {"source": np.zeros((0, 0), np.float32),
                   "english": np.zeros((0, 0), np.float32)}
     if data.pairs and config.aux.weight > 0:
-      key = self.key(json.dumps(sorted(data.train_languages)) + str(len(data.pairs)))
+      # The pairs themselves: another seed or max_pairs samples others of the same count.
+      key = self.key(json.dumps(sorted(data.train_languages)) + fingerprint.texts_digest(
+          [s for s, _ in data.pairs], [e for _, e in data.pairs]))
       self.pairs = cached(self.directory, "pairs_" + "_".join(sorted(data.train_languages)),
                            key, lambda: {
           "source": self.encoder.names([s for s, _ in data.pairs], "pair sources"),
