@@ -76,6 +76,16 @@ def _assert_same_links(got, want):
                              [[s for _, s in r] for r in want], atol=1e-3)
 
 
+def _redescribe_entities(data: pathlib.Path) -> None:
+  """Rewrites the tiny world's entity descriptions in place: same ids and count, other text."""
+  path = data / "documents" / "computing.json"
+  docs = [json.loads(line) for line in path.read_text().splitlines()]
+  for doc in docs:
+    if doc["document_id"].startswith("E"):
+      doc["text"] = doc["text"].replace("a part of a computer system", "sold at the market")
+  path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+
 # -- stale stores ---------------------------------------------------------------------------
 
 
@@ -84,13 +94,7 @@ def test_linker_re_encodes_a_world_whose_documents_changed(tiny, tmp_path, caplo
   data = pathlib.Path(shutil.copytree(data0, tmp_path / "data"))
   workdir = _bi_workdir(tmp_path, data, bert0)
   before = recipes.open_linker(str(workdir), None, "computing")
-  # The same entities (same ids, same count), other descriptions.
-  path = data / "documents" / "computing.json"
-  docs = [json.loads(line) for line in path.read_text().splitlines()]
-  for doc in docs:
-    if doc["document_id"].startswith("E"):
-      doc["text"] = doc["text"].replace("a part of a computer system", "sold at the market")
-  path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+  _redescribe_entities(data)  # The same entities (same ids, same count), other texts.
   caplog.set_level("INFO")
   after = recipes.open_linker(str(workdir), None, "computing")
   assert any("rebuilding" in r.getMessage() and "entities" in r.getMessage()
@@ -196,13 +200,7 @@ def test_teacher_scores_are_rescored_for_another_teacher_or_kb(tiny, tmp_path):
   swapped = scores()
   assert not np.allclose(swapped, first, atol=1e-4)
   np.testing.assert_allclose(swapped, truth(), rtol=0, atol=1e-6)
-  # The same mentions and candidate rows, other entity descriptions.
-  path = data / "documents" / "computing.json"
-  docs = [json.loads(line) for line in path.read_text().splitlines()]
-  for doc in docs:
-    if doc["document_id"].startswith("E"):
-      doc["text"] = doc["text"].replace("a part of a computer system", "sold at the market")
-  path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+  _redescribe_entities(data)  # The same mentions and candidate rows, other entity texts.
   edited = scores()
   # An untrained teacher's scores move little with the text, but they move: the same
   # program on the same inputs gives the same floats, so 1e-6 tells them apart.
