@@ -81,6 +81,31 @@ def test_two_processes_train_checkpoint_and_evaluate_like_one(tiny_dirs, tmp_pat
     assert report_one[k] == pytest.approx(report_two[k], abs=1e-6)
 
 
+def test_the_parameter_digest_is_the_same_over_two_processes_as_in_one():
+  # Store and teacher-score caches are keyed by params_digest, computed by every process
+  # over its own shards: two hosts must agree with one, or a store one layout wrote would be
+  # rebuilt (or another layout's reused) when a workdir moves between them.
+  from zel_jax.evals import fingerprint  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO / "tests"))
+  import digest_worker  # pylint: disable=g-import-not-at-top
+
+  def digest(processes):
+    command = [sys.executable, str(REPO / "tests" / "digest_worker.py")]
+    env = dict(os.environ, ZEL_CPU_DEVICES=str(8 // processes))
+    env.pop("XLA_FLAGS", None)
+    if processes > 1:
+      command = ["bash", str(LAUNCH), str(processes), str(8 // processes), *command]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if "digest " in l)
+    assert f"processes {processes} devices 8" in line, line
+    return line.split("digest ")[1].split()[0]
+
+  local = fingerprint.params_digest(digest_worker.tree())  # This process's devices, unsharded.
+  assert digest(1) == digest(2) == local
+
+
 def test_sigterm_saves_and_the_next_start_resumes(tiny_dirs, tmp_path):
   """`python -m zel_jax.train` stopped by SIGTERM (what TPU VMs and SLURM send before taking a
   machine) saves the step it reached, exits 0, and the next start continues from there."""
