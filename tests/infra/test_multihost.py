@@ -31,14 +31,19 @@ def _flags(data, bert, steps, evaluate):
 
 def _train(workdir, processes, steps, tiny_dirs, evaluate=False):
   data, bert = tiny_dirs
-  command = [sys.executable, "-m", "zel_jax.train", *_flags(data, bert, steps, evaluate),
-             f"--workdir={workdir}"]
+  return _launch([sys.executable, "-m", "zel_jax.train", *_flags(data, bert, steps, evaluate),
+                  f"--workdir={workdir}"], processes)
+
+
+def _launch(command, processes, timeout=600):
+  """Runs `command` as one process of 8 CPU devices, or as `processes` processes sharing
+  them through the local launcher; returns its output, failing the test on a non-zero exit."""
   env = dict(os.environ, ZEL_CPU_DEVICES="8")
   env.pop("XLA_FLAGS", None)
   if processes > 1:
     command = ["bash", str(LAUNCH), str(processes), str(8 // processes), *command]
   result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=timeout)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return result.stdout + result.stderr
 
@@ -90,15 +95,9 @@ def test_the_parameter_digest_is_the_same_over_two_processes_as_in_one():
   import digest_worker  # pylint: disable=g-import-not-at-top
 
   def digest(processes):
-    command = [sys.executable, str(REPO / "tests" / "digest_worker.py")]
-    env = dict(os.environ, ZEL_CPU_DEVICES=str(8 // processes))
-    env.pop("XLA_FLAGS", None)
-    if processes > 1:
-      command = ["bash", str(LAUNCH), str(processes), str(8 // processes), *command]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if "digest " in l)
+    output = _launch([sys.executable, str(REPO / "tests" / "digest_worker.py")], processes,
+                     timeout=300)
+    line = next(l for l in output.splitlines() if "digest " in l)
     assert f"processes {processes} devices 8" in line, line
     return line.split("digest ")[1].split()[0]
 
