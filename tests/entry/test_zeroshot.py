@@ -119,6 +119,20 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
                                                "retriever_accuracy": 41.0}}}}
   results["cross.s1"] = {"seconds": 60, "command": "c", "reports": {"test": {
       "macro": {"unnormalized_accuracy": 40.0}}}}
+  # The MPNet bi-encoder is measured on the test worlds only.
+  results["mpnet_blink.s0"] = {"seconds": 60, "command": "m", "reports": {
+      "test": _recall_report(50, 85, worlds)}}
+  # Step times come from the job's logged metrics: the median, so that a resumed run's
+  # first window (compilation included) does not count.
+  (tmp_path / "blink0").mkdir()
+  (tmp_path / "blink0" / "metrics.jsonl").write_text(
+      "\n".join(json.dumps(row) for row in ({"step": 10, "steps_per_s": 0.05},
+                                             {"step": 20, "steps_per_s": 0.5},
+                                             {"step": 20, "val/recall@1": 3.0},
+                                             {"step": 30, "steps_per_s": 0.4})) + "\n")
+  results["blink.s0"].update(workdir=str(tmp_path / "blink0"), command="-m zel_jax.train b0")
+  results["blink.s0.train_candidates"] = {"seconds": 60, "workdir": str(tmp_path / "blink0"),
+                                          "command": "-m zel_jax.evaluate", "reports": {}}
   # One MPNet teacher (seed 0) for the students of both seeds.
   results["cross_mpnet.s0"] = {"seconds": 60, "command": "c", "reports": {"test": {
       "macro": {"unnormalized_accuracy": 45.0}}}}
@@ -126,8 +140,16 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
                                 "python -m zel_jax.bench zeroshot", worlds,
                                 planned=[*results, "etzel.s0"])
   text = open(paths["benchmark.md"]).read()
-  assert ("**Partial**: 11 of 12 jobs have finished; rows and seeds still to come: etzel.s0."
+  assert ("**Partial**: 13 of 14 jobs have finished; rows and seeds still to come: etzel.s0."
           in text)
+  assert "| blink.s0 | 1.0 | 2.50 | `-m zel_jax.train b0` |" in text
+  assert "| blink.s0.train_candidates | 1.0 | - |" in text
+  assert "| blink.s1 | 1.0 | - | `blink.s1` |" in text
+  assert "MVD teacher 100 steps from it, joint 200 steps; measured on the test worlds only" in text
+  test_table, val_table = text.split("### Validation worlds")
+  assert "| MPNet bi-encoder | 50.00 |" in test_table
+  assert "MPNet bi-encoder" not in val_table.split("##")[0]
+  assert "| BLINK bi-encoder | 41.00 (40.00 / 42.00) / 81.00" in val_table
   assert "| BLINK bi-encoder | 41.00 (40.00 / 42.00) |" in text
   assert "Every test world has 10 mentions, so micro recall equals macro." in text
   assert "| python3.11-doc | test | 100 | 30 / 50 | 12.5 | 25.0% |" in text
@@ -185,3 +207,33 @@ def test_untrained_row_is_the_mean_pooled_encoder_config(tmp_path):
   assert config.model.pooling == "mean" and config.model.pretrained == "all-MiniLM-L6-v2"
   assert config.data.dir == "data/worlds" and config.data.entity_length == 32
   assert tuple(config.evals.splits) == ("train", "val", "test")
+
+
+def test_a_preempted_training_run_is_not_cached_as_done(tmp_path, monkeypatch):
+  """SIGTERM makes `zel_jax.train` save its step and exit 0: the job must stay to do."""
+  data = tmp_path / "data"
+  (data / "documents").mkdir(parents=True)
+  (data / "mentions").mkdir()
+  (data / "documents" / "w.json").write_text('{"document_id": "A", "title": "a", "text": "a"}\n')
+  reached = {"step": 64}
+
+  def fake_train(argv, log_path):  # what the train process leaves in its workdir
+    workdir = os.path.dirname(log_path)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump({"num_train_steps": 200}, f)
+    for step in (25, 50, reached["step"]):
+      os.makedirs(os.path.join(workdir, "checkpoints", str(step)), exist_ok=True)
+    os.makedirs(os.path.join(workdir, "checkpoints", "75.orbax-checkpoint-tmp"), exist_ok=True)
+    with open(os.path.join(workdir, "eval_test.json"), "w") as f:
+      json.dump({"recall@1": 1.0}, f)
+    return ""
+
+  monkeypatch.setattr(zeroshot, "_run_logged", fake_train)
+  jobs = [zeroshot.Job("mvd.s0", "train", "mvd.py:runlocal,stage=joint")]
+  runs = str(tmp_path / "runs")
+  with pytest.raises(RuntimeError, match="stopped at step 64 of 200.*bench.log.*resume"):
+    zeroshot.run_all(jobs, str(data), runs, log=lambda _: None)
+  assert zeroshot.run_all(jobs, str(data), runs, only=set(), log=lambda _: None) == {}
+  reached["step"] = 200
+  results = zeroshot.run_all(jobs, str(data), runs, log=lambda _: None)
+  assert results["mvd.s0"]["reports"] == {"test": {"recall@1": 1.0}}

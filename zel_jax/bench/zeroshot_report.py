@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import statistics
 from typing import Any
@@ -108,6 +109,17 @@ def data_card(summary: dict[str, Any], results: dict[str, Any]) -> list[str]:
   return _table(header, rows)
 
 
+def step_seconds(workdir: str) -> str:
+  """The median seconds per training step logged in a job's metrics.jsonl, or "-"."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not workdir or not os.path.exists(path):
+    return "-"
+  with open(path) as f:
+    rates = [row["steps_per_s"] for row in map(json.loads, filter(str.strip, f))
+             if row.get("steps_per_s")]
+  return f"{1 / statistics.median(rates):.2f}" if rates else "-"
+
+
 def _seconds(results: dict[str, Any], prefix: str) -> float:
   return sum(r.get("seconds", 0.0) for name, r in results.items()
              if name == prefix or name.startswith(prefix + "."))
@@ -179,10 +191,12 @@ def results_tables(results: dict[str, Any], test_worlds: list[str]) -> list[str]
                    "micro unnormalized"], rows)
   lines += [""]
 
+  # The MPNet rows are measured on the test worlds only (see zeroshot.mpnet_jobs).
   lines += ["### Validation worlds (tuning only; macro R@1 / R@64)", ""]
   rows = [[label, f"{_fmt(recall(results, prefix, 'val', 1))} / "
            f"{_fmt(recall(results, prefix, 'val', 64))}"]
-          for label, prefix, _ in RETRIEVAL_ROWS if _runs(results, prefix)]
+          for label, prefix, _ in RETRIEVAL_ROWS
+          if any(v is not None for v in recall(results, prefix, "val", 1))]
   lines += _table(["row", "val macro R@1 / R@64"], rows) + [""]
   return lines
 
@@ -332,14 +346,24 @@ def write(docs_dir: str, summary: dict[str, Any], results: dict[str, Any], budge
             + ("re-mined over every view" if budget.mvd_dynamic_negatives else
                f"drawn from the warm-up retriever's top {budget.hard_top} (less than one "
                "epoch: MVD's per-epoch re-mining would draw once, from that retriever)")
-            + f". Seeds: {', '.join(map(str, seeds))}. Total wall "
+            + f". Base-size rows (all-mpnet-base-v2, 110M parameters, same shapes): "
+            f"bi-encoder {budget.mpnet_steps} steps of {budget.batch}; cross-encoder (the "
+            f"teacher of the MiniLM students of every seed) {budget.mpnet_cross_steps} steps "
+            f"of 4 mentions x {budget.candidates} from seed {seeds[0]}'s BLINK candidates; "
+            f"MVD teacher {budget.mpnet_mvd_teacher_steps} steps from it, joint "
+            f"{budget.mpnet_mvd_joint_steps} steps; measured on the test worlds only, one seed "
+            f"except the students. Seeds: {', '.join(map(str, seeds))}. Total wall "
             f"time of all jobs: {hours:.1f} h.", ""]
   lines += results_tables(results, test_worlds)
   lines += ["## The papers' orderings on the test worlds", ""] + orderings(results) + [""]
   lines += ["![recall@k](benchmark_recall.png)", "", "## Jobs", ""]
-  rows = [[name, f"{r.get('seconds', 0) / 60:.1f}", f"`{r.get('command', '')}`"]
-          for name, r in results.items()]
-  lines += _table(["job", "minutes", "command"], rows) + [""]
+  lines += ["Minutes are the wall time of the run that finished the job (a resumed job's "
+            "earlier runs are not counted); s/step is the median over its logged steps.", ""]
+  # Only training jobs own their workdir's metrics (an evaluate job reads another's).
+  rows = [[name, f"{r.get('seconds', 0) / 60:.1f}",
+           step_seconds(r.get("workdir", "")) if "zel_jax.train" in r.get("command", "")
+           else "-", f"`{r.get('command', '')}`"] for name, r in results.items()]
+  lines += _table(["job", "minutes", "s/step", "command"], rows) + [""]
   with open(paths["benchmark.md"] + ".tmp", "w") as f:
     f.write("\n".join(lines))
   os.replace(paths["benchmark.md"] + ".tmp", paths["benchmark.md"])
