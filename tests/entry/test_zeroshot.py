@@ -136,6 +136,9 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
   # One MPNet teacher (seed 0) for the students of both seeds.
   results["cross_mpnet.s0"] = {"seconds": 60, "command": "c", "reports": {"test": {
       "macro": {"unnormalized_accuracy": 45.0}}}}
+  # Recorded by a report written on another machine: its workdir is not here.
+  results["mvd.s0"].update(workdir="/elsewhere/mvd.s0", command="-m zel_jax.train m0",
+                           step_seconds=7.5)
   paths = zeroshot_report.write(str(tmp_path), summary, results, zeroshot.Budget(), [0, 1],
                                 "python -m zel_jax.bench zeroshot", worlds,
                                 planned=[*results, "etzel.s0"])
@@ -145,6 +148,7 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
   assert "| blink.s0 | 1.0 | 2.50 | `-m zel_jax.train b0` |" in text
   assert "| blink.s0.train_candidates | 1.0 | - |" in text
   assert "| blink.s1 | 1.0 | - | `blink.s1` |" in text
+  assert "| mvd.s0 | 1.0 | 7.50 | `-m zel_jax.train m0` |" in text
   assert "MVD teacher 100 steps from it, joint 200 steps; measured on the test worlds only" in text
   test_table, val_table = text.split("### Validation worlds")
   assert "| MPNet bi-encoder | 50.00 |" in test_table
@@ -169,7 +173,9 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
           "s1 not)") in text
   assert "| MPNet | s0 | - | 45.00 | - | - | nan |" in text
   assert os.path.getsize(paths["benchmark_recall.png"]) > 1000
-  assert json.load(open(paths["benchmark.json"]))["results"]["blink.s1"]["seconds"] == 60
+  recorded = json.load(open(paths["benchmark.json"]))["results"]
+  assert recorded["blink.s1"]["seconds"] == 60
+  assert (recorded["blink.s0"]["step_seconds"], recorded["blink.s1"]["step_seconds"]) == (2.5, None)
 
 
 def test_finished_jobs_are_reused_and_failures_name_the_log(tmp_path, monkeypatch):
@@ -237,3 +243,60 @@ def test_a_preempted_training_run_is_not_cached_as_done(tmp_path, monkeypatch):
   reached["step"] = 200
   results = zeroshot.run_all(jobs, str(data), runs, log=lambda _: None)
   assert results["mvd.s0"]["reports"] == {"test": {"recall@1": 1.0}}
+
+
+def test_recorded_results_count_as_measured_and_what_a_job_reads_runs_here(tmp_path, monkeypatch):
+  """A report's results (another machine's) are reused where the key matches; a job still to
+  run reads workdirs, so the recorded jobs it reads run again here."""
+  data = tmp_path / "data"
+  (data / "documents").mkdir(parents=True)
+  (data / "mentions").mkdir()
+  (data / "documents" / "w.json").write_text('{"document_id": "A", "title": "a", "text": "a"}\n')
+  calls = []
+
+  def fake_run(job, workdir, workdirs, data_dir):
+    calls.append(job.name)
+    return {"test": {"recall@1": float(len(calls))}}
+
+  monkeypatch.setattr(zeroshot, "run_job", fake_run)
+  jobs = [zeroshot.Job("blink.s0", "train", "blink_biencoder.py:runlocal"),
+          zeroshot.Job("blink.s0.train_candidates", "evaluate", args={"split": "train"},
+                       workdir_of="blink.s0"),
+          zeroshot.Job("bm25", "bm25"),
+          zeroshot.Job("stale", "bm25"),
+          zeroshot.Job("cross.s0", "train", "blink_crossencoder.py:runlocal",
+                       {"data.candidates": zeroshot.Ref("blink.s0")})]
+  fingerprint = zeroshot.data_fingerprint(str(data))
+  keys = {}
+  for job in jobs:
+    keys[job.name] = zeroshot.job_key(job, keys, fingerprint)
+  recorded = {name: {"key": keys[name], "seconds": 9, "reports": {"test": {"recall@1": 50.0}}}
+              for name in ("blink.s0", "blink.s0.train_candidates", "bm25")}
+  recorded["stale"] = {"key": "another-data", "reports": {}}
+  runs = str(tmp_path / "runs")
+  results = zeroshot.run_all(jobs, str(data), runs, only=set(), recorded=recorded,
+                             log=lambda _: None)
+  assert set(results) == {"blink.s0", "blink.s0.train_candidates", "bm25"} and calls == []
+  # Every job not measured: the stale one, and cross.s0 with the blink.s0 workdir it reads,
+  # including the candidates an evaluate job writes there.
+  results = zeroshot.run_all(jobs, str(data), runs, recorded=recorded, log=lambda _: None)
+  assert calls == ["blink.s0", "blink.s0.train_candidates", "stale", "cross.s0"]
+  assert results["bm25"]["reports"]["test"]["recall@1"] == 50.0  # recorded, not run
+  assert results["blink.s0"]["reports"]["test"]["recall@1"] == 1.0  # run here: this one counts
+  assert results["cross.s0"]["key"] == keys["cross.s0"]
+  # Named jobs run even when recorded; a name that is no job is an error, not a no-op.
+  zeroshot.run_all(jobs, str(data), runs, only={"bm25"}, recorded=recorded, log=lambda _: None)
+  assert calls[-1] == "bm25"
+  with pytest.raises(ValueError, match="no job named blink.s9"):
+    zeroshot.run_all(jobs, str(data), runs, only={"blink.s9"}, log=lambda _: None)
+
+
+def test_package_changes_name_the_worlds_built_from_other_versions():
+  recorded = {"worlds": {"rust-doc": {"packages": ["rust-doc_1.63.0+dfsg1-2_all.deb"]},
+                         "apache2-doc": {"packages": ["apache2-doc_2.4.71-1~deb12u1_all.deb"]}}}
+  built = {"worlds": {"rust-doc": {"packages": ["rust-doc_1.63.0+dfsg1-2_all.deb"]},
+                      "apache2-doc": {"packages": ["apache2-doc_2.4.68-1~deb12u1_all.deb"]},
+                      "new-world": {"packages": ["new_1_all.deb"]}}}
+  assert zeroshot.package_changes(recorded, built) == [
+      "apache2-doc was measured on apache2-doc_2.4.71-1~deb12u1_all.deb; this machine built it "
+      "from apache2-doc_2.4.68-1~deb12u1_all.deb"]

@@ -85,11 +85,14 @@ def define_flags() -> None:
   flags.DEFINE_string("zeroshot_runs", "workdirs/zeroshot",
                       "zeroshot: where every job's workdir goes (reused across runs).")
   flags.DEFINE_string("zeroshot_docs", "docs", "zeroshot: where benchmark.md, "
-                      "benchmark.json and benchmark_recall.png are written.")
+                      "benchmark.json and benchmark_recall.png are written; the results "
+                      "already in its benchmark.json count as measured where their job's "
+                      "config, inputs and data are unchanged.")
   flags.DEFINE_list("zeroshot_seeds", ["0", "1"], "zeroshot: seeds of the trained rows.")
-  flags.DEFINE_list("zeroshot_only", [], "zeroshot: run only these jobs (and reuse "
-                    "finished ones); default every job. Names: bm25, untrained, "
-                    "blink.s0, hard.s0, cross.s0, ... (see zeroshot.plan).")
+  flags.DEFINE_list("zeroshot_only", [], "zeroshot: run these jobs, and the jobs they "
+                    "read, unless finished in --zeroshot_runs; default every job not yet "
+                    "measured. Names: bm25, untrained, blink.s0, hard.s0, cross.s0, ... "
+                    "(see zeroshot.plan).")
   flags.DEFINE_bool("zeroshot_report_only", False, "zeroshot: run nothing; "
                     "rewrite the report from the finished jobs.")
   flags.DEFINE_string("zeroshot_budget", "", "zeroshot: overrides of the training "
@@ -248,8 +251,18 @@ def run_zeroshot() -> dict[str, Any]:
     return zeroshot_report.write(FLAGS.zeroshot_docs, summary, results, budget, seeds, command,
                                  worlds.worlds_of("test"), planned=[j.name for j in jobs])
 
+  recorded_path = os.path.join(FLAGS.zeroshot_docs, "benchmark.json")
+  recorded = {}
+  if os.path.exists(recorded_path):
+    with open(recorded_path) as f:
+      record = json.load(f)
+    recorded = record["results"]
+    for line in zeroshot.package_changes(record.get("data", {}), summary):
+      logging.warning("%s: %s; its results are for other data and will not be reused "
+                      "(as root, `apt-get update`, then rebuild the worlds)", recorded_path, line)
   results = zeroshot.run_all(jobs, FLAGS.worlds, FLAGS.zeroshot_runs, only=only,
-                             log=lambda text: logging.info("%s", text), on_result=report)
+                             log=lambda text: logging.info("%s", text), on_result=report,
+                             recorded=recorded)
   return {"written": report(results), "jobs": len(results)}
 
 

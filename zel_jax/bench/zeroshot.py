@@ -217,6 +217,18 @@ def data_fingerprint(data_dir: str) -> str:
   return digest.hexdigest()[:16]
 
 
+def package_changes(recorded: dict[str, Any], built: dict[str, Any]) -> list[str]:
+  """Worlds built here from other package versions than a report's (e.g. package lists
+  that predate a security update): one line per world."""
+  lines = []
+  for world, card in built.get("worlds", {}).items():
+    before = recorded.get("worlds", {}).get(world, {}).get("packages")
+    if before is not None and before != card.get("packages"):
+      lines.append(f"{world} was measured on {', '.join(before)}; this machine built it "
+                   f"from {', '.join(card.get('packages', []))}")
+  return lines
+
+
 def job_key(job: Job, keys: dict[str, str], data: str) -> str:
   """Config, overrides (a Ref by the key of the job it names), arguments and data."""
   spec = {"kind": job.kind, "config": job.config, "args": job.args,
@@ -346,11 +358,24 @@ def _check_trained(job: Job, workdir: str) -> None:
                        "resume it from that step")
 
 
+def _reads(job: Job) -> list[str]:
+  """The jobs whose workdirs this job reads."""
+  return [v.job for v in job.overrides.values() if isinstance(v, Ref) and v.job] + (
+      [job.workdir_of] if job.workdir_of else [])
+
+
 def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None = None,
-            log=print, on_result=None) -> dict[str, dict[str, Any]]:
-  """Runs (or reuses) every job; returns {job name: {"workdir", "seconds", "reports"}}.
-  `on_result(results)` is called after each job that ran (the report is rewritten as rows
-  arrive, so a long run shows its table so far)."""
+            log=print, on_result=None, recorded: dict[str, Any] | None = None
+            ) -> dict[str, dict[str, Any]]:
+  """Runs (or reuses) every job; returns {job name: {"workdir", "seconds", "reports", "key",
+  ...}}. `on_result(results)` is called after each job that ran (the report is rewritten as
+  rows arrive, so a long run shows its table so far).
+
+  `recorded` is an earlier report's results (docs/benchmark.json): an entry whose key equals
+  the job's (same config, inputs and data) counts as measured, so another machine adds a row
+  without re-running the rest. Jobs to run are those in `only` (all not yet measured when
+  None) not finished here, and every job they read that is not finished here: a recorded
+  result has no workdir on this machine to read."""
   fingerprint = data_fingerprint(data_dir)
   keys: dict[str, str] = {}
   workdirs: dict[str, str] = {}
@@ -365,12 +390,30 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
                         f"bench_done.{job.name}.json")
 
   # Every finished job's results, asked for or not: the report shows all that is measured.
-  results: dict[str, dict[str, Any]] = {}
+  local: dict[str, dict[str, Any]] = {}
   for job in jobs:
     if os.path.exists(done_path(job)):
       with open(done_path(job)) as f:
-        results[job.name] = json.load(f)
-  todo = [j for j in jobs if (only is None or j.name in only) and j.name not in results]
+        local[job.name] = json.load(f)
+  results = {j.name: (recorded or {})[j.name] for j in jobs
+             if (recorded or {}).get(j.name, {}).get("key") == keys[j.name]}
+  results.update(local)
+  by_name = {j.name: j for j in jobs}
+  unknown = sorted(set(only or ()) - set(by_name))
+  if unknown:
+    raise ValueError(f"no job named {', '.join(unknown)}; the jobs are {', '.join(by_name)}")
+  wanted = {j.name for j in jobs if j.name not in results} if only is None else set(only)
+  # What the wanted jobs read, transitively, unless finished here. Reading a workdir reads
+  # what every job in it wrote (an evaluate job writes its files into another's workdir).
+  writers = {j.name: [w.name for w in jobs if w.workdir_of == j.name] for j in jobs}
+  pending = list(wanted)
+  while pending:
+    for read in _reads(by_name[pending.pop()]):
+      for name in [read, *writers[read]]:
+        if name not in wanted and name not in local:
+          wanted.add(name)
+          pending.append(name)
+  todo = [j for j in jobs if j.name in wanted and j.name not in local]
   spent: list[float] = []
   for i, job in enumerate(todo, start=1):
     workdir = workdirs[job.name]
@@ -382,7 +425,8 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     reports = run_job(job, workdir, workdirs, data_dir)
     seconds = round(time.time() - start, 1)
     spent.append(seconds)
-    results[job.name] = {"workdir": workdir, "seconds": seconds, "reports": reports,
+    results[job.name] = {"workdir": workdir, "key": keys[job.name], "seconds": seconds,
+                         "reports": reports,
                          "command": " ".join(command(job, workdir, workdirs, data_dir))
                          if job.kind in ("train", "evaluate") else job.kind}
     zeshel.write_json(done_path(job), results[job.name])

@@ -109,15 +109,21 @@ def data_card(summary: dict[str, Any], results: dict[str, Any]) -> list[str]:
   return _table(header, rows)
 
 
-def step_seconds(workdir: str) -> str:
-  """The median seconds per training step logged in a job's metrics.jsonl, or "-"."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not workdir or not os.path.exists(path):
-    return "-"
+def step_seconds(result: dict[str, Any]) -> float | None:
+  """A training job's median seconds per step: as recorded in the report that first had the
+  result, else from its workdir's metrics.jsonl; None for other jobs."""
+  # Only training jobs own their workdir's metrics (an evaluate job reads another's).
+  if "zel_jax.train" not in result.get("command", ""):
+    return None
+  if "step_seconds" in result:  # Measured when the result was new, maybe on another machine.
+    return result["step_seconds"]
+  path = os.path.join(result.get("workdir", ""), "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
   with open(path) as f:
     rates = [row["steps_per_s"] for row in map(json.loads, filter(str.strip, f))
              if row.get("steps_per_s")]
-  return f"{1 / statistics.median(rates):.2f}" if rates else "-"
+  return round(1 / statistics.median(rates), 3) if rates else None
 
 
 def _seconds(results: dict[str, Any], prefix: str) -> float:
@@ -312,6 +318,8 @@ def write(docs_dir: str, summary: dict[str, Any], results: dict[str, Any], budge
   os.makedirs(docs_dir, exist_ok=True)
   paths = {name: os.path.join(docs_dir, name) for name in
            ("benchmark.md", "benchmark.json", "benchmark_recall.png")}
+  # Step times go into the JSON: a report written on another machine reuses these results.
+  results = {name: {**r, "step_seconds": step_seconds(r)} for name, r in results.items()}
   record = {"command": command, "date": datetime.date.today().isoformat(),
             "budget": dataclasses.asdict(budget), "seeds": seeds, "data": summary,
             "results": results}
@@ -359,10 +367,9 @@ def write(docs_dir: str, summary: dict[str, Any], results: dict[str, Any], budge
   lines += ["![recall@k](benchmark_recall.png)", "", "## Jobs", ""]
   lines += ["Minutes are the wall time of the run that finished the job (a resumed job's "
             "earlier runs are not counted); s/step is the median over its logged steps.", ""]
-  # Only training jobs own their workdir's metrics (an evaluate job reads another's).
   rows = [[name, f"{r.get('seconds', 0) / 60:.1f}",
-           step_seconds(r.get("workdir", "")) if "zel_jax.train" in r.get("command", "")
-           else "-", f"`{r.get('command', '')}`"] for name, r in results.items()]
+           "-" if r["step_seconds"] is None else f"{r['step_seconds']:.2f}",
+           f"`{r.get('command', '')}`"] for name, r in results.items()]
   lines += _table(["job", "minutes", "s/step", "command"], rows) + [""]
   with open(paths["benchmark.md"] + ".tmp", "w") as f:
     f.write("\n".join(lines))
