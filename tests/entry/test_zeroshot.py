@@ -178,11 +178,17 @@ def test_report_tables_and_orderings_come_from_the_results(tmp_path):
   assert (recorded["blink.s0"]["step_seconds"], recorded["blink.s1"]["step_seconds"]) == (2.5, None)
 
 
-def test_finished_jobs_are_reused_and_failures_name_the_log(tmp_path, monkeypatch):
+def _one_entity_world(tmp_path):
+  """A benchmark folder of one entity: what run_all fingerprints."""
   data = tmp_path / "data"
   (data / "documents").mkdir(parents=True)
   (data / "mentions").mkdir()
   (data / "documents" / "w.json").write_text('{"document_id": "A", "title": "a", "text": "a"}\n')
+  return data
+
+
+def test_finished_jobs_are_reused_and_failures_name_the_log(tmp_path, monkeypatch):
+  data = _one_entity_world(tmp_path)
   calls = []
 
   def fake_run(job, workdir, workdirs, data_dir):
@@ -217,10 +223,7 @@ def test_untrained_row_is_the_mean_pooled_encoder_config(tmp_path):
 
 def test_a_preempted_training_run_is_not_cached_as_done(tmp_path, monkeypatch):
   """SIGTERM makes `zel_jax.train` save its step and exit 0: the job must stay to do."""
-  data = tmp_path / "data"
-  (data / "documents").mkdir(parents=True)
-  (data / "mentions").mkdir()
-  (data / "documents" / "w.json").write_text('{"document_id": "A", "title": "a", "text": "a"}\n')
+  data = _one_entity_world(tmp_path)
   reached = {"step": 64}
 
   def fake_train(argv, log_path):  # what the train process leaves in its workdir
@@ -248,10 +251,7 @@ def test_a_preempted_training_run_is_not_cached_as_done(tmp_path, monkeypatch):
 def test_recorded_results_count_as_measured_and_what_a_job_reads_runs_here(tmp_path, monkeypatch):
   """A report's results (another machine's) are reused where the key matches; a job still to
   run reads workdirs, so the recorded jobs it reads run again here."""
-  data = tmp_path / "data"
-  (data / "documents").mkdir(parents=True)
-  (data / "mentions").mkdir()
-  (data / "documents" / "w.json").write_text('{"document_id": "A", "title": "a", "text": "a"}\n')
+  data = _one_entity_world(tmp_path)
   calls = []
 
   def fake_run(job, workdir, workdirs, data_dir):
