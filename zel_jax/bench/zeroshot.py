@@ -395,8 +395,9 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     if os.path.exists(done_path(job)):
       with open(done_path(job)) as f:
         local[job.name] = json.load(f)
-  results = {j.name: (recorded or {})[j.name] for j in jobs
-             if (recorded or {}).get(j.name, {}).get("key") == keys[j.name]}
+  recorded = recorded or {}
+  results = {j.name: recorded[j.name] for j in jobs
+             if recorded.get(j.name, {}).get("key") == keys[j.name]}
   results.update(local)
   by_name = {j.name: j for j in jobs}
   unknown = sorted(set(only or ()) - set(by_name))
