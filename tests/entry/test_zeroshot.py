@@ -291,6 +291,57 @@ def test_recorded_results_count_as_measured_and_what_a_job_reads_runs_here(tmp_p
     zeroshot.run_all(jobs, str(data), runs, only={"blink.s9"}, log=lambda _: None)
 
 
+def test_a_recorded_run_read_for_its_parameters_trains_here_without_its_evals(tmp_path,
+                                                                              monkeypatch):
+  """A recorded cross-encoder that a new job reads only as its init_from is trained here with
+  its evals off (they are recorded); a run whose candidates are read runs whole."""
+  data = _one_entity_world(tmp_path)
+  calls = []
+
+  def fake_run(job, workdir, workdirs, data_dir):
+    calls.append((job.name, job.overrides.get("evals.splits")))
+    os.makedirs(os.path.join(workdir, "checkpoints", "3"), exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump({"num_train_steps": 3}, f)
+    return {"test": {"recall@1": 1.0}}
+
+  monkeypatch.setattr(zeroshot, "run_job", fake_run)
+  steps = {"num_train_steps": 3, "evals.splits": ("test",)}
+  jobs = [zeroshot.Job("blink.s0", "train", "blink_biencoder.py:runlocal", steps),
+          zeroshot.Job("blink.s0.train_candidates", "evaluate", args={"split": "train"},
+                       workdir_of="blink.s0"),
+          zeroshot.Job("cross.s0", "train", "blink_crossencoder.py:runlocal",
+                       {**steps, "data.candidates": zeroshot.Ref("blink.s0")}),
+          zeroshot.Job("mvd_t.s0", "train", "mvd.py:runlocal,stage=teacher",
+                       {**steps, "init_from": zeroshot.Ref("cross.s0")}),
+          zeroshot.Job("distill.s0", "train", "blink_distill.py:runlocal",
+                       {**steps, "distill.teacher": zeroshot.Ref("cross.s0"),
+                        "init_from": zeroshot.Ref("blink.s0")})]
+  fingerprint = zeroshot.data_fingerprint(str(data))
+  keys = {}
+  for job in jobs:
+    keys[job.name] = zeroshot.job_key(job, keys, fingerprint)
+  recorded = {name: {"key": keys[name], "reports": {"test": {"recall@1": 50.0}}}
+              for name in ("blink.s0", "blink.s0.train_candidates", "cross.s0")}
+  runs = str(tmp_path / "runs")
+  results = zeroshot.run_all(jobs, str(data), runs, only={"mvd_t.s0"}, recorded=recorded,
+                             log=lambda _: None)
+  # cross.s0 reads blink.s0's candidates (all of blink.s0 runs); mvd_t.s0 reads cross.s0's
+  # parameters alone.
+  assert calls == [("blink.s0", ("test",)), ("blink.s0.train_candidates", None),
+                   ("cross.s0", ()), ("mvd_t.s0", ("test",))]
+  assert results["cross.s0"]["reports"]["test"]["recall@1"] == 50.0  # still the recorded one
+  # Its parameters are trained here now: a second reader only runs itself.
+  zeroshot.run_all(jobs, str(data), runs, only={"distill.s0"}, recorded=recorded,
+                   log=lambda _: None)
+  assert calls[4:] == [("distill.s0", ("test",))]
+  # Asked for by name, it runs whole (resuming at its last step, the evals run).
+  results = zeroshot.run_all(jobs, str(data), runs, only={"cross.s0"}, recorded=recorded,
+                             log=lambda _: None)
+  assert calls[5:] == [("cross.s0", ("test",))]
+  assert results["cross.s0"]["reports"]["test"]["recall@1"] == 1.0
+
+
 def test_package_changes_name_the_worlds_built_from_other_versions():
   recorded = {"worlds": {"rust-doc": {"packages": ["rust-doc_1.63.0+dfsg1-2_all.deb"]},
                          "apache2-doc": {"packages": ["apache2-doc_2.4.71-1~deb12u1_all.deb"]}}}

@@ -344,24 +344,41 @@ def run_job(job: Job, workdir: str, workdirs: dict[str, str], data_dir: str) -> 
   return _reports(workdir)
 
 
+def _trained_to(workdir: str) -> tuple[int, int]:
+  """(newest checkpoint step, num_train_steps) of a training workdir; (0, -1) before any."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      total = json.load(f)["num_train_steps"]
+  except FileNotFoundError:
+    return 0, -1
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
+  return max(steps, default=0), total
+
+
+def _trained(workdir: str) -> bool:
+  reached, total = _trained_to(workdir)
+  return 0 <= total <= reached
+
+
 def _check_trained(job: Job, workdir: str) -> None:
   """A training run preempted by SIGTERM saves its step and exits 0: the job is not done
   until its newest checkpoint is the last step, or it would be cached without its rows."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    total = json.load(f)["num_train_steps"]
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
-  reached = max(steps, default=0)
+  reached, total = _trained_to(workdir)
   if reached < total:
     raise RuntimeError(f"{job.name}: training stopped at step {reached} of {total} "
                        f"({os.path.join(workdir, 'bench.log')}); rerun the command to "
                        "resume it from that step")
 
 
-def _reads(job: Job) -> list[str]:
-  """The jobs whose workdirs this job reads."""
-  return [v.job for v in job.overrides.values() if isinstance(v, Ref) and v.job] + (
-      [job.workdir_of] if job.workdir_of else [])
+# Overrides that read only another run's parameters (its checkpoints), not its outputs.
+CHECKPOINT_READS = frozenset({"init_from", "distill.teacher", "mvd.teacher", "mvd.retriever"})
+
+
+def _reads(job: Job) -> list[tuple[str, bool]]:
+  """(job name, whether only its checkpoint is read) for each job whose workdir this reads."""
+  return [(v.job, k in CHECKPOINT_READS) for k, v in job.overrides.items()
+          if isinstance(v, Ref) and v.job] + ([(job.workdir_of, False)] if job.workdir_of else [])
 
 
 def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None = None,
@@ -375,7 +392,8 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
   the job's (same config, inputs and data) counts as measured, so another machine adds a row
   without re-running the rest. Jobs to run are those in `only` (all not yet measured when
   None) not finished here, and every job they read that is not finished here: a recorded
-  result has no workdir on this machine to read."""
+  result has no workdir on this machine to read. A recorded training run that is read only
+  for its parameters (CHECKPOINT_READS) is trained here with its evals off, once."""
   fingerprint = data_fingerprint(data_dir)
   keys: dict[str, str] = {}
   workdirs: dict[str, str] = {}
@@ -405,16 +423,22 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     raise ValueError(f"no job named {', '.join(unknown)}; the jobs are {', '.join(by_name)}")
   wanted = {j.name for j in jobs if j.name not in results} if only is None else set(only)
   # What the wanted jobs read, transitively, unless finished here. Reading a workdir reads
-  # what every job in it wrote (an evaluate job writes its files into another's workdir).
+  # what every job in it wrote (an evaluate job writes its files into another's workdir);
+  # a recorded training run read only for its parameters is trained here without its evals.
   writers = {j.name: [w.name for w in jobs if w.workdir_of == j.name] for j in jobs}
+  need = {name: "all" for name in wanted}
   pending = list(wanted)
   while pending:
-    for read in _reads(by_name[pending.pop()]):
-      for name in [read, *writers[read]]:
-        if name not in wanted and name not in local:
-          wanted.add(name)
-          pending.append(name)
-  todo = [j for j in jobs if j.name in wanted and j.name not in local]
+    for read, checkpoint_only in _reads(by_name[pending.pop()]):
+      part = checkpoint_only and read in results and by_name[read].kind == "train"
+      if part and _trained(workdirs[read]):
+        continue
+      for name in [read] if part else [read, *writers[read]]:
+        if name not in local and need.get(name) in (None, "parameters"):
+          if name not in need:
+            pending.append(name)
+          need[name] = "parameters" if part else "all"
+  todo = [j for j in jobs if j.name in need and j.name not in local]
   spent: list[float] = []
   for i, job in enumerate(todo, start=1):
     workdir = workdirs[job.name]
@@ -423,6 +447,14 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     log(f"[{i}/{len(todo)}] {job.name} in {workdir}{eta}")
     start = time.time()
     os.makedirs(workdir, exist_ok=True)
+    if need[job.name] == "parameters":
+      # Same workdir and key: asking for the whole job later resumes at its last step.
+      run_job(dataclasses.replace(job, overrides={**job.overrides, "evals.splits": ()}),
+              workdir, workdirs, data_dir)
+      spent.append(time.time() - start)
+      log(f"[{i}/{len(todo)}] {job.name} trained for its parameters in "
+          f"{spent[-1] / 60:.1f} min; its results are the recorded ones")
+      continue
     reports = run_job(job, workdir, workdirs, data_dir)
     seconds = round(time.time() - start, 1)
     spent.append(seconds)
