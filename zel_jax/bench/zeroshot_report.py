@@ -291,12 +291,17 @@ def plot(results: dict[str, Any], path: str) -> None:
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # lazy: matplotlib draws the plot only
   figure, axis = plt.subplots(figsize=(7, 4.5))
+  drawn = 0
   for label, prefix, _ in RETRIEVAL_ROWS:
     if not _runs(results, prefix):
       continue
     curve = [_mean(recall(results, prefix, "test", k)) for k in CURVE_KS]
     if None not in curve:
-      axis.plot(CURVE_KS, curve, marker="o", label=label)
+      # The color cycle has 10 colors: past the 10th curve, another line and marker.
+      style = drawn // 10 % 3
+      axis.plot(CURVE_KS, curve, linestyle=("-", "--", ":")[style], marker="osD"[style],
+                label=label)
+      drawn += 1
   axis.set_xscale("log")
   axis.set_xticks(CURVE_KS, [str(k) for k in CURVE_KS])
   axis.set_xlabel("k")
