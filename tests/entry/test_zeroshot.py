@@ -284,6 +284,16 @@ def test_recorded_results_count_as_measured_and_what_a_job_reads_runs_here(tmp_p
   assert results["bm25"]["reports"]["test"]["recall@1"] == 50.0  # recorded, not run
   assert results["blink.s0"]["reports"]["test"]["recall@1"] == 1.0  # run here: this one counts
   assert results["cross.s0"]["key"] == keys["cross.s0"]
+  # A result an older version wrote without its key gets it from its workdir's name; the
+  # results come in the plan's order.
+  done = os.path.join(results["blink.s0"]["workdir"], zeroshot.DONE)
+  with open(done) as f:
+    written = json.load(f)
+  del written["key"]
+  zeshel.write_json(done, written)
+  results = zeroshot.run_all(jobs, str(data), runs, only=set(), log=lambda _: None)
+  assert results["blink.s0"]["key"] == keys["blink.s0"]
+  assert list(results) == [j.name for j in jobs if j.name != "bm25"]  # bm25: recorded only
   # Named jobs run even when recorded; a name that is no job is an error, not a no-op.
   zeroshot.run_all(jobs, str(data), runs, only={"bm25"}, recorded=recorded, log=lambda _: None)
   assert calls[-1] == "bm25"

@@ -403,6 +403,9 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     workdirs[job.name] = os.path.abspath(own or os.path.join(
         runs_dir, f"{job.name}-{keys[job.name]}"))
 
+  def in_plan_order(results: dict[str, Any]) -> dict[str, Any]:
+    return {j.name: results[j.name] for j in jobs if j.name in results}
+
   def done_path(job: Job) -> str:
     return os.path.join(workdirs[job.name], DONE if not job.workdir_of else
                         f"bench_done.{job.name}.json")
@@ -411,8 +414,10 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
   local: dict[str, dict[str, Any]] = {}
   for job in jobs:
     if os.path.exists(done_path(job)):
+      # The workdir is named by the key: a result that an older zel_jax wrote without its
+      # key gets it, so that the report it goes into can be reused elsewhere.
       with open(done_path(job)) as f:
-        local[job.name] = json.load(f)
+        local[job.name] = {**json.load(f), "key": keys[job.name]}
   recorded = recorded or {}
   results = {j.name: recorded[j.name] for j in jobs
              if recorded.get(j.name, {}).get("key") == keys[j.name]}
@@ -465,5 +470,5 @@ def run_all(jobs: list[Job], data_dir: str, runs_dir: str, only: set[str] | None
     zeshel.write_json(done_path(job), results[job.name])
     log(f"[{i}/{len(todo)}] {job.name} done in {seconds / 60:.1f} min")
     if on_result is not None:
-      on_result(results)
-  return results
+      on_result(in_plan_order(results))
+  return in_plan_order(results)
